@@ -1,0 +1,1 @@
+"""The napari plugin: the only package that imports napari, qtpy or magicgui."""

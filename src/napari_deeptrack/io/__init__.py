@@ -1,0 +1,1 @@
+"""Files: TIFF with pixel size, model bundles (safetensors + JSON, never pickle), CSV tables."""

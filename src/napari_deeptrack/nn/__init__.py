@@ -1,0 +1,1 @@
+"""Neural network models (plain torch), each built from a JSON-able config."""

@@ -1,0 +1,1 @@
+"""Task presets: simulation + target + model + post-processing + metrics for one use case."""
