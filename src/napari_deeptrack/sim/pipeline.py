@@ -4,7 +4,9 @@ A :class:`Pipeline` is a JSON-serialisable description of how training images ar
 
     Pipeline(
         image_shape=(64, 64),
-        particles=[Particles(scatterer=PointParticle(), count=IntUniform(1, 10), intensity=Uniform(100, 500))],
+        particles=[
+            Particles(scatterer=PointParticle(), count=IntUniform(1, 10), intensity=Uniform(100, 500)),
+        ],
         optics=Fluorescence(NA=1.2, wavelength_um=0.6, pixel_size_um=0.1),
         transforms=[Background(10.0), Poisson()],
         targets={"mask": DiskMask(radius_px=3)},
@@ -66,7 +68,14 @@ class Transform:
 
 
 class Target:
-    """Base class for training targets computed from the scene (the ground truth)."""
+    """Base class for training targets computed from the scene (the ground truth).
+
+    ``spatial`` (class attribute): True for image-like targets ``[B, K, H, W]`` that geometric
+    augmentations warp with the image; False for per-image targets (vectors, labels, counts) that the
+    pipeline recomputes from the final scene after the transforms.
+    """
+
+    spatial = True
 
     def __call__(self, scene: Scene) -> torch.Tensor:
         raise NotImplementedError
@@ -176,17 +185,7 @@ class Pipeline:
             sl = slice(start, start + n)
             counts = sample(pop.count, (batch_size,), generator).round().long().clamp(0, n)
             scene.present[:, sl] = torch.arange(n, device=dev)[None, :] < counts[:, None]
-            m = float(pop.margin_px)
-            y = (
-                sample(pop.y_px, (batch_size, n), generator)
-                if pop.y_px is not None
-                else m + (h - 1 - 2 * m) * torch.rand(batch_size, n, generator=generator, device=dev)
-            )
-            x = (
-                sample(pop.x_px, (batch_size, n), generator)
-                if pop.x_px is not None
-                else m + (w - 1 - 2 * m) * torch.rand(batch_size, n, generator=generator, device=dev)
-            )
+            y, x = _sample_yx(pop, batch_size, (h, w), generator)
             scene.position[:, sl, 0] = y
             scene.position[:, sl, 1] = x
             scene.position[:, sl, 2] = sample(pop.z_um, (batch_size, n), generator)
@@ -226,6 +225,12 @@ class Pipeline:
         batch = SimBatch(image=image, scene=scene, targets={k: t(scene) for k, t in self.targets.items()})
         for tr in self.transforms:
             batch = tr(batch, generator)
+        # Per-image targets (regression vectors, counts, class labels: ``spatial = False``) follow the
+        # final scene, so geometric augmentations that move particles keep them true. Spatial targets
+        # are warped by the augmentations together with the image.
+        for k, t in self.targets.items():
+            if not getattr(t, "spatial", True):
+                batch.targets[k] = t(batch.scene)
         return batch
 
     def with_(self, **changes) -> Pipeline:
@@ -233,21 +238,38 @@ class Pipeline:
         return replace(self, **changes)
 
 
+def _sample_yx(
+    pop: Particles, batch_size: int, image_shape: tuple[int, int], generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """In-plane positions (px) of all ``pop.max_count`` slots of a population, [B, n] each."""
+    h, w = image_shape
+    n, dev = pop.max_count, generator.device
+    m = float(pop.margin_px)
+    y = (
+        sample(pop.y_px, (batch_size, n), generator)
+        if pop.y_px is not None
+        else m + (h - 1 - 2 * m) * torch.rand(batch_size, n, generator=generator, device=dev)
+    )
+    x = (
+        sample(pop.x_px, (batch_size, n), generator)
+        if pop.x_px is not None
+        else m + (w - 1 - 2 * m) * torch.rand(batch_size, n, generator=generator, device=dev)
+    )
+    return y, x
+
+
 def _enforce_min_distance(
     scene: Scene, pops: list[Particles], min_dist: float, generator: torch.Generator, iters: int = 50
 ) -> None:
     """Resample in-plane positions of particles closer than ``min_dist`` px to an earlier particle.
 
-    Vectorised over the batch; particles still too close after ``iters`` rounds are removed from the
-    scene (``present`` set to False), so the ground truth stays consistent with the image.
+    Vectorised over the batch; clashing particles are redrawn from their own population's position
+    distribution (``y_px``/``x_px`` or uniform within ``margin_px``). Particles still too close after
+    ``iters`` rounds are removed from the scene (``present`` set to False), so the ground truth stays
+    consistent with the image.
     """
-    h, w = scene.image_shape
-    dev = scene.device
-    # per-slot uniform bounds from the population margins
-    margins = torch.cat(
-        [torch.full((p.max_count,), float(p.margin_px), device=dev) for p in pops]
-    )[None, :].expand(scene.batch_size, -1)
     n = scene.n_max
+    dev = scene.device
     earlier = torch.tril(torch.ones(n, n, dtype=torch.bool, device=dev), diagonal=-1)
     for it in range(iters + 1):
         yx = scene.position[..., :2]
@@ -259,8 +281,11 @@ def _enforce_min_distance(
         if it == iters:
             scene.present &= ~clash
             return
-        ry = margins + (h - 1 - 2 * margins) * torch.rand(clash.shape, generator=generator, device=dev)
-        rx = margins + (w - 1 - 2 * margins) * torch.rand(clash.shape, generator=generator, device=dev)
+        # one draw per population (not per particle), in slot order
+        b, shape = scene.batch_size, scene.image_shape
+        draws = [_sample_yx(p, b, shape, generator) for p in pops if p.max_count > 0]
+        ry = torch.cat([dy for dy, _ in draws], dim=1)
+        rx = torch.cat([dx for _, dx in draws], dim=1)
         scene.position[..., 0] = torch.where(clash, ry, scene.position[..., 0])
         scene.position[..., 1] = torch.where(clash, rx, scene.position[..., 1])
 

@@ -144,6 +144,9 @@ class Scene:
         """Concatenate scenes along the batch dimension, padding particle slots to the largest N."""
         if not scenes:
             raise ValueError("concatenate needs at least one scene")
+        shapes = sorted({tuple(s.image_shape) for s in scenes})
+        if len(shapes) > 1:
+            raise ValueError(f"concatenate needs scenes of one image_shape, got {shapes}")
         n = max(s.n_max for s in scenes)
         padded = [s.pad_to(n) for s in scenes]
         first = padded[0]

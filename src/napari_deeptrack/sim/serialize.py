@@ -134,7 +134,8 @@ def _py(value: Any, indent: int) -> str:
     if isinstance(value, dict):
         if not value:
             return "{}"
-        return "{\n" + "\n".join(f"{pad}{k!r}: {_py(v, indent + 1)}," for k, v in value.items()) + f"\n{end}}}"
+        items = "\n".join(f"{pad}{k!r}: {_py(v, indent + 1)}," for k, v in value.items())
+        return "{\n" + items + f"\n{end}}}"
     return repr(value)
 
 
