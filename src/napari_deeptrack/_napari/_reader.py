@@ -1,23 +1,41 @@
-"""Reader contribution: TIFF stacks with pixel size from ImageJ/OME metadata."""
+"""Reader contributions: TIFF stacks with pixel size from ImageJ/OME metadata; Points CSV with features."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
+__all__ = ["get_reader", "read_points_csv", "read_tiff"]
+
 
 def get_reader(path):
-    """Return a reader function for .tif/.tiff paths, else None."""
+    """Return a reader function for .tif/.tiff (images) or .csv (points with features) paths, else None."""
     if isinstance(path, list):
         if not path:
             return None
+        if len({Path(p).suffix.lower() for p in path}) != 1:
+            return None
         path = path[0]
-    if str(path).lower().endswith((".tif", ".tiff")):
+    p = str(path).lower()
+    if p.endswith((".tif", ".tiff")):
         return read_tiff
+    if p.endswith(".csv") and _is_points_csv(path):
+        return read_points_csv
     return None
 
 
+def _is_points_csv(path) -> bool:
+    try:
+        head = pd.read_csv(path, nrows=1)
+    except Exception:
+        return False
+    return any(str(c).startswith("axis-") for c in head.columns)
+
+
 def read_tiff(path):
-    """Read a TIFF (stack) into one image layer, with scale from its pixel-size metadata."""
+    """Read TIFF (stack) files into image layers, with scale and units from their pixel-size metadata."""
     from ..io.tiff import read_tiff as _read
 
     paths = path if isinstance(path, list) else [path]
@@ -25,9 +43,29 @@ def read_tiff(path):
     for p in paths:
         data, meta = _read(p)
         kwargs = {"name": Path(p).stem, "metadata": {"source_path": str(p), **meta.get("metadata", {})}}
+        if data.ndim >= 3 and data.shape[-1] in (3, 4) and data.shape[-2] > 4:
+            kwargs["rgb"] = True
+        n_spatial = 2
+        lead = data.ndim - n_spatial - (1 if kwargs.get("rgb") else 0)
         if meta.get("pixel_size_um"):
             s = float(meta["pixel_size_um"])
-            kwargs["scale"] = (1.0,) * (data.ndim - 2) + (s, s)
-            kwargs["units"] = ("pixel",) * (data.ndim - 2) + ("um", "um")
+            kwargs["metadata"]["pixel_size_um"] = s
+            kwargs["scale"] = (1.0,) * lead + (s, s)
+            kwargs["units"] = ("pixel",) * lead + ("um", "um")
         layers.append((data, kwargs, "image"))
+    return layers
+
+
+def read_points_csv(path):
+    """Read a CSV written by the Points writer (``axis-*`` coordinates + feature columns)."""
+    paths = path if isinstance(path, list) else [path]
+    layers = []
+    for p in paths:
+        table = pd.read_csv(p)
+        coords = [c for c in table.columns if str(c).startswith("axis-")]
+        coords.sort(key=lambda c: int(str(c).split("-")[1]))
+        data = table[coords].to_numpy(dtype=float) if len(table) else np.zeros((0, len(coords)))
+        features = table.drop(columns=coords).reset_index(drop=True)
+        kwargs = {"name": Path(p).stem, "features": features, "metadata": {"source_path": str(p)}}
+        layers.append((data, kwargs, "points"))
     return layers

@@ -1,0 +1,498 @@
+"""Apply dock widget: run a bundle (or the model just trained) on an image layer.
+
+All frames are read on the main thread, then predicted in chunks inside a worker that yields after
+every chunk (progress; Cancel stops at the next chunk and writes nothing). Results go to named layers
+that keep the source layer's scale, translate and units, updated (not duplicated) on every run:
+
+- ``DeepTrack detections`` Points: every detection with its features (probability, frame, z, radius,
+  refractive index, track id...), coloured by probability; the threshold slider only changes which
+  are shown (no network run), and per-frame counts follow it (exportable as CSV);
+- ``DeepTrack 3D`` Points (z, y, x in um) when the model estimates z;
+- ``DeepTrack labels`` Labels and ``DeepTrack outlines`` Shapes for segmentation;
+- ``DeepTrack tracks`` Tracks when linking is on and the layer is a stack;
+- ``DeepTrack output`` Image for image-to-image models and density maps.
+
+Before running, the widget warns when the layer's pixel size or statistics fall outside what the
+training simulation covered (:func:`napari_deeptrack.analysis.calibrate.coverage_warnings`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSlider,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+
+from ._layers import (
+    InputError,
+    image_frames,
+    image_layers,
+    layer_pixel_size_um,
+    notify,
+    spatial_kwargs,
+    viewer_alive,
+    write_layer,
+)
+from ._threshold import DetectionCache
+
+__all__ = ["ApplyWidget", "last_apply_widget"]
+
+SOURCES = ("model from the Train widget", "bundle file")
+SUPPORTED_KINDS = (
+    "detection",
+    "localization",
+    "counting",
+    "segmentation",
+    "tracking-3d",
+    "characterization",
+    "classification",
+    "image-to-image",
+)
+POINTS_ROLE = "detections"
+#: Detections are computed down to this probability so the slider can filter live above it.
+BASE_THRESHOLD = 0.25
+_LAST: dict[int, ApplyWidget] = {}
+
+
+def last_apply_widget(viewer) -> ApplyWidget | None:
+    return _LAST.get(id(viewer))
+
+
+class ApplyWidget(Container):
+    """Run a model on the selected layer; threshold live; per-frame counts."""
+
+    def __init__(self, napari_viewer):
+        self.viewer = napari_viewer
+        self.layer = ComboBox(label="image", choices=self._image_choices, nullable=True)
+        self.source = ComboBox(label="model", choices=SOURCES, value=SOURCES[1])
+        self.bundle_path = FileEdit(label="bundle", mode="r", filter="*.zip *.json")
+        self.bundle_info = Label(value="no model loaded")
+        self.batch_size = SpinBox(label="frames per batch", value=8, min=1, max=1024)
+        self.link = CheckBox(label="link tracks (stacks)", value=True)
+        self.search_range = FloatSpinBox(label="track search range (px)", value=5.0, min=0.1, max=500.0)
+        self.run_btn = PushButton(text="Run")
+        self.cancel_btn = PushButton(text="Cancel")
+        self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
+        self.threshold = FloatSlider(label="threshold", value=0.5, min=0.0, max=1.0, step=0.01)
+        self.counts_label = Label(value="")
+        self.export_btn = PushButton(text="Export counts CSV...")
+        self.warnings_label = Label(value="")
+        super().__init__(
+            widgets=[
+                self.layer,
+                self.source,
+                self.bundle_path,
+                self.bundle_info,
+                self.batch_size,
+                self.link,
+                self.search_range,
+                Container(widgets=[self.run_btn, self.cancel_btn], layout="horizontal", labels=False),
+                self.progress,
+                self.threshold,
+                self.counts_label,
+                self.export_btn,
+                self.warnings_label,
+            ],
+            scrollable=True,
+        )
+        self.cancel_btn.enabled = False
+        self.bundle = None
+        self.cache: DetectionCache | None = None
+        self.results: dict | None = None
+        self.worker = None
+        self.last_warnings: list[str] = []
+        self._points_layer = None
+        _LAST[id(napari_viewer)] = self
+        self.bundle_path.changed.connect(lambda *_: self.load_bundle())
+        self.run_btn.changed.connect(self.run)
+        self.cancel_btn.changed.connect(self.cancel)
+        self.threshold.changed.connect(self.apply_threshold)
+        self.export_btn.changed.connect(lambda: self.export_counts())
+        for ev in ("inserted", "removed", "reordered"):
+            getattr(napari_viewer.layers.events, ev).connect(self._refresh_layers)
+
+    def _image_choices(self, _=None):
+        return [
+            (layer.name, layer)
+            for layer in image_layers(self.viewer)
+            if not layer.metadata.get("napari_deeptrack")
+        ]
+
+    def _refresh_layers(self, event=None):
+        try:
+            self.layer.reset_choices()
+        except RuntimeError:
+            pass
+
+    # ------------------------------------------------------------------ model
+    def load_bundle(self, path: str | Path | None = None):
+        """Load a bundle file (validated; a clear notification when it is not one)."""
+        from ..io.bundle import load_bundle
+
+        path = Path(path) if path is not None else Path(self.bundle_path.value)
+        if not str(path) or not path.exists() or path.is_dir() and not (path / "config.json").exists():
+            return None
+        try:
+            bundle = load_bundle(path)
+        except (ValueError, OSError, KeyError) as exc:
+            notify(f"Cannot load the model bundle: {exc}", "error")
+            return None
+        return self.set_bundle(bundle)
+
+    def set_bundle(self, bundle):
+        if bundle.task.kind not in SUPPORTED_KINDS:
+            notify(f"The bundle is for a '{bundle.task.kind}' task, which Apply cannot run.", "error")
+            return None
+        self.bundle = bundle
+        self.source.value = SOURCES[1]
+        self.bundle_info.value = (
+            f"{bundle.task.name} ({bundle.task.kind}), trained at {bundle.task.pixel_size_um:g} um/px"
+        )
+        thr = (bundle.task.postprocess or {}).get("threshold")
+        if thr is not None:
+            self.threshold.value = float(thr)
+        return bundle
+
+    def current_bundle(self):
+        if self.source.value == SOURCES[0]:
+            from ._train_widget import last_train_widget
+
+            tw = last_train_widget(self.viewer)
+            bundle = tw.trained_bundle() if tw is not None else None
+            if bundle is None:
+                raise InputError(
+                    "No model has been trained in the Train widget yet: train one or load a bundle."
+                )
+            return bundle
+        if self.bundle is None:
+            raise InputError("No model: choose a bundle file (.zip) or train one in the Train widget.")
+        return self.bundle
+
+    # ------------------------------------------------------------------ run
+    def run(self, *_):
+        """Validate, snapshot the frames, and predict in a worker. Returns the worker (or None)."""
+        from napari.qt.threading import create_worker
+
+        if self.worker is not None:
+            notify("Apply is already running.", "warning")
+            return None
+        layer = self.layer.value
+        try:
+            bundle = self.current_bundle()
+            frames, was_2d = image_frames(layer, what="Apply")
+            _check_bundle_fits(bundle, frames)
+        except InputError as exc:
+            notify(str(exc), "error")
+            return None
+        px = layer_pixel_size_um(layer)
+        try:
+            from ..analysis.calibrate import coverage_warnings
+
+            self.last_warnings = coverage_warnings(bundle.task, frames[:4], pixel_size_um=px)
+        except Exception as exc:  # noqa: BLE001 - a failed check must not block applying
+            self.last_warnings = [f"could not compare with the training simulation: {exc}"]
+        if self.last_warnings:
+            msg = "Outside the training simulation: " + "; ".join(self.last_warnings)
+            self.warnings_label.value = "\n".join(f"! {w}" for w in self.last_warnings)
+            notify(msg, "warning")
+        else:
+            self.warnings_label.value = "the layer is within the training simulation's range"
+        self.progress.max = frames.shape[0]
+        self.progress.value = 0
+        meta = {
+            "source": layer,
+            "was_2d": was_2d,
+            "pixel_size_um": px,
+            "n_frames": frames.shape[0],
+            "link": bool(self.link.value) and frames.shape[0] > 1,
+            "search_range": float(self.search_range.value),
+        }
+        base = min(float(self.threshold.value), BASE_THRESHOLD)
+        worker = create_worker(
+            predict_chunks,
+            bundle,
+            frames,
+            int(self.batch_size.value),
+            base,
+            meta["link"],
+            meta["search_range"],
+            _start_thread=False,
+        )
+        worker.yielded.connect(lambda done: setattr(self.progress, "value", int(done)))
+        worker.returned.connect(lambda res: self._show(res, bundle, meta))
+        worker.errored.connect(lambda exc: notify(f"Apply failed: {exc}", "error"))
+        worker.aborted.connect(lambda: notify("Apply cancelled: no layer was changed."))
+        worker.finished.connect(self._finished)
+        self.worker = worker
+        self.run_btn.enabled = False
+        self.cancel_btn.enabled = True
+        worker.start()
+        return worker
+
+    def cancel(self, *_):
+        if self.worker is not None:
+            self.worker.quit()
+
+    def _finished(self):
+        self.worker = None
+        self.run_btn.enabled = True
+        self.cancel_btn.enabled = False
+
+    # ------------------------------------------------------------------ results -> layers
+    def _show(self, res: dict, bundle, meta: dict) -> None:
+        if not viewer_alive(self.viewer):
+            return
+        if res is None:
+            return
+        source, was_2d = meta["source"], meta["was_2d"]
+        self.results = res
+        det = res.get("detections")
+        lead = 0 if was_2d else 1
+        if det is not None:
+            det = det.reset_index(drop=True)
+            self.cache = DetectionCache(det, meta["n_frames"])
+            coords = (
+                det[(["frame"] if lead else []) + ["y", "x"]].to_numpy(dtype=float)
+                if len(det)
+                else np.zeros((0, 2 + lead))
+            )
+            features = det.drop(columns=[c for c in ("y", "x") if c in det.columns])
+            self._points_layer = write_layer(
+                self.viewer,
+                "DeepTrack detections",
+                "points",
+                coords,
+                role=POINTS_ROLE,
+                features=features,
+                face_color="probability" if len(det) else "yellow",
+                face_colormap="viridis",
+                size=4,
+                border_color="white",
+                shown=self.cache.mask(self.threshold.value),
+                **spatial_kwargs(source, 2 + lead),
+            )
+            if "z_um" in det.columns and len(det) and meta["pixel_size_um"]:
+                px = meta["pixel_size_um"]
+                z = det["z_um"].to_numpy(dtype=float) / px  # pixel units: the layer scale makes them um
+                c3 = np.column_stack(([det["frame"].to_numpy()] if lead else []) + [z, det["y"], det["x"]])
+                sk = spatial_kwargs(source, 3 + lead, leading=(1.0, px) if lead else (px,))
+                write_layer(
+                    self.viewer,
+                    "DeepTrack 3D",
+                    "points",
+                    c3.astype(float),
+                    role="positions 3d",
+                    features=features,
+                    face_color="probability",
+                    face_colormap="viridis",
+                    size=4,
+                    **sk,
+                )
+            if "track_id" in det.columns and len(det) and lead:
+                tracks = det[["track_id", "frame", "y", "x"]].to_numpy(dtype=float)
+                write_layer(
+                    self.viewer,
+                    "DeepTrack tracks",
+                    "tracks",
+                    tracks,
+                    role="tracks",
+                    **spatial_kwargs(source, 3),
+                )
+            self.apply_threshold()
+        labels = res.get("labels")
+        if labels is not None:
+            data = labels[0] if was_2d and labels.ndim == 3 else labels
+            write_layer(
+                self.viewer,
+                "DeepTrack labels",
+                "labels",
+                data.astype(np.int32),
+                role="labels",
+                **spatial_kwargs(source, data.ndim),
+            )
+            shapes = res.get("shapes")
+            if shapes:
+                polys = [
+                    np.asarray(p, dtype=float)[:, -2:] if was_2d else np.asarray(p, dtype=float)
+                    for p in shapes
+                ]
+                write_layer(
+                    self.viewer,
+                    "DeepTrack outlines",
+                    "shapes",
+                    polys,
+                    role="outlines",
+                    shape_type="polygon",
+                    edge_color="yellow",
+                    face_color="transparent",
+                    **spatial_kwargs(source, polys[0].shape[1]),
+                )
+        image = res.get("image")
+        if image is not None:
+            data = image[0] if was_2d and image.ndim == 3 else image
+            write_layer(
+                self.viewer,
+                "DeepTrack output",
+                "image",
+                data.astype(np.float32),
+                role="output",
+                colormap="magma",
+                blending="additive",
+                **spatial_kwargs(source, data.ndim),
+            )
+        if det is None and res.get("counts") is not None:
+            counts = np.asarray(res["counts"])
+            self.cache = None
+            self.counts_label.value = "counts per frame: " + ", ".join(f"{c:.1f}" for c in counts[:20])
+        notify(f"Apply finished: {res.get('summary', '')}")
+
+    # ------------------------------------------------------------------ threshold & counts
+    def apply_threshold(self, *_):
+        """Re-filter the shown detections at the slider's threshold (no network run)."""
+        if self.cache is None:
+            return
+        layer = self._points_layer
+        if layer is not None and layer in self.viewer.layers and len(layer.data) == len(self.cache):
+            layer.shown = self.cache.mask(self.threshold.value)
+        counts = self.cache.counts(self.threshold.value)
+        head = ", ".join(str(int(c)) for c in counts[:20]) + (" ..." if len(counts) > 20 else "")
+        self.counts_label.value = f"{int(counts.sum())} detections; per frame: {head}"
+
+    def counts_table(self) -> pd.DataFrame:
+        if self.cache is None:
+            if self.results is not None and self.results.get("counts") is not None:
+                c = np.asarray(self.results["counts"])
+                return pd.DataFrame({"frame": np.arange(len(c)), "count": c})
+            return pd.DataFrame({"frame": [], "count": []})
+        return self.cache.counts_table(self.threshold.value)
+
+    def export_counts(self, path: str | Path | None = None) -> Path | None:
+        if path is None:
+            from qtpy.QtWidgets import QFileDialog
+
+            path, _ = QFileDialog.getSaveFileName(None, "Export counts", "counts.csv", "CSV (*.csv)")
+            if not path:
+                return None
+        self.counts_table().to_csv(path, index=False)
+        notify(f"Counts written to {path}")
+        return Path(path)
+
+
+# ---------------------------------------------------------------------------- worker side
+def _check_bundle_fits(bundle, frames: np.ndarray) -> None:
+    """Refuse inputs the model cannot take (channels, crop-size models on large images)."""
+    cfg = (bundle.config or {}).get("model") or getattr(bundle.task, "model", {}) or {}
+    in_ch = int(cfg.get("in_channels", 1) or 1)
+    if in_ch != 1:
+        raise InputError(f"The model expects {in_ch} input channels; Apply feeds grey-scale frames.")
+    kind = bundle.task.kind
+    if kind in ("localization", "characterization", "classification"):
+        trained = tuple(bundle.task.pipeline.image_shape)
+        if tuple(frames.shape[-2:]) != trained:
+            raise InputError(
+                f"This '{kind}' model works on {trained[0]}x{trained[1]} crops, but the layer is "
+                f"{frames.shape[-2]}x{frames.shape[-1]}: crop the particles first or use a detection model."
+            )
+
+
+def predict_chunks(
+    bundle,
+    frames: np.ndarray,
+    chunk: int,
+    threshold: float | None = None,
+    link: bool = False,
+    search_range_px: float = 5.0,
+):
+    """Worker generator: predict ``frames`` in chunks, yield frames done, return merged results.
+
+    Detections are kept down to ``threshold`` (the live slider filters above it). Linking into tracks
+    happens here too, off the main thread.
+    """
+    parts = []
+    for start in range(0, len(frames), chunk):
+        res = _predict(bundle, frames[start : start + chunk], threshold)
+        parts.append((start, res))
+        yield min(start + chunk, len(frames))
+    out = _merge(parts, len(frames))
+    det = out.get("detections")
+    if link and det is not None and len(det) and len(frames) > 1:
+        from ..analysis.tracking import link_tracks
+
+        out["detections"] = link_tracks(det, float(search_range_px)).reset_index(drop=True)
+    return out
+
+
+def _predict(bundle, frames: np.ndarray, threshold: float | None) -> dict:
+    """Core prediction of one chunk (:func:`napari_deeptrack.analysis.apply.predict`) as a dict."""
+    from ..analysis.apply import predict
+
+    res = predict(bundle, frames, threshold=threshold, batch_size=max(1, len(frames)))
+    kind = res.kind
+    out: dict = {
+        "detections": res.detections if kind != "image-to-image" else None,
+        "counts": res.counts,
+        "labels": res.labels,
+    }
+    if res.maps is not None and res.maps.ndim == 4 and kind in ("image-to-image", "counting"):
+        out["image"] = res.maps[:, 0]
+    if res.labels is not None:
+        from ..analysis.segment import labels_to_shapes
+
+        shapes, _ = labels_to_shapes(res.labels, kind="polygon")
+        out["shapes"] = shapes
+    return out
+
+
+def _merge(parts: list[tuple[int, dict]], n_frames: int) -> dict:
+    out: dict = {}
+    tables = []
+    for start, res in parts:
+        det = res.get("detections")
+        if det is not None:
+            det = det.copy()
+            det["frame"] = (det["frame"].to_numpy() if "frame" in det else 0) + start
+            tables.append(det)
+    if tables:
+        out["detections"] = pd.concat(tables, ignore_index=True)
+    for key in ("labels", "image"):
+        arrays = [np.asarray(r[key]) for _, r in parts if r.get(key) is not None]
+        if arrays:
+            if key == "labels":  # keep ids unique across chunks
+                offset = 0
+                fixed = []
+                for a in arrays:
+                    a = a.astype(np.int64)
+                    fixed.append(np.where(a > 0, a + offset, 0))
+                    offset = int(fixed[-1].max(initial=offset))
+                arrays = fixed
+            arrays = [a[None] if a.ndim == 2 else a for a in arrays]
+            out[key] = np.concatenate(arrays)
+    counts = [np.atleast_1d(np.asarray(r["counts"])) for _, r in parts if r.get("counts") is not None]
+    if counts:
+        out["counts"] = np.concatenate(counts)
+    shapes = []
+    for start, r in parts:
+        for p in r.get("shapes") or []:
+            p = np.asarray(p, dtype=float)
+            if p.shape[1] == 3:
+                p = p.copy()
+                p[:, 0] += start
+            shapes.append(p)
+    out["shapes"] = shapes
+    n = len(out.get("detections", []))
+    out["summary"] = (
+        f"{n} detections in {n_frames} frame(s)" if "detections" in out else f"{n_frames} frame(s)"
+    )
+    return out

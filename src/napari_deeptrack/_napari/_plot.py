@@ -1,0 +1,98 @@
+"""A light loss-curve plot drawn with QPainter (no matplotlib on the GUI thread while training)."""
+
+from __future__ import annotations
+
+import math
+
+from qtpy.QtCore import QPointF, QRectF, Qt
+from qtpy.QtGui import QColor, QPainter, QPen
+from qtpy.QtWidgets import QSizePolicy, QWidget
+
+__all__ = ["LossPlot"]
+
+
+class LossPlot(QWidget):
+    """Training loss per batch (thin), mean training loss and validation loss per epoch (thick), log y."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setMinimumHeight(140)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.clear()
+
+    def clear(self) -> None:
+        self.batch_steps: list[float] = []
+        self.batch_loss: list[float] = []
+        self.epoch_steps: list[float] = []
+        self.epoch_train: list[float] = []
+        self.epoch_val: list[float] = []
+        self.update()
+
+    @property
+    def n_points(self) -> int:
+        return len(self.batch_loss) + len(self.epoch_val)
+
+    def add_event(self, ev: dict) -> None:
+        """Take a trainer event (``batch`` or ``epoch``) and repaint."""
+        if ev.get("type") == "batch" and _finite(ev.get("loss")):
+            self.batch_steps.append(float(ev["step"]))
+            self.batch_loss.append(float(ev["loss"]))
+        elif ev.get("type") == "epoch":
+            self.epoch_steps.append(float(ev["step"]))
+            self.epoch_train.append(float(ev.get("loss", math.nan)))
+            self.epoch_val.append(float(ev.get("val_loss", math.nan)))
+        self.update()
+
+    def paintEvent(self, event):  # noqa: N802 - Qt API
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        w, h = self.width(), self.height()
+        p.fillRect(0, 0, w, h, QColor(38, 41, 48))
+        left, right, top, bottom = 44, 8, 8, 20
+        area = QRectF(left, top, max(w - left - right, 10), max(h - top - bottom, 10))
+        p.setPen(QPen(QColor(120, 120, 120)))
+        p.drawRect(area)
+        values = [v for v in self.batch_loss + self.epoch_train + self.epoch_val if _finite(v) and v > 0]
+        steps = self.batch_steps + self.epoch_steps
+        if not values or not steps:
+            p.setPen(QColor(180, 180, 180))
+            p.drawText(area, Qt.AlignmentFlag.AlignCenter, "loss curves appear here while training")
+            p.end()
+            return
+        lo, hi = math.log10(min(values)), math.log10(max(values))
+        if hi - lo < 1e-6:
+            lo, hi = lo - 0.5, hi + 0.5
+        x_max = max(max(steps), 1.0)
+
+        def pt(s, v):
+            y = (math.log10(max(v, 1e-30)) - lo) / (hi - lo)
+            return QPointF(area.left() + area.width() * s / x_max, area.bottom() - area.height() * y)
+
+        self._line(p, self.batch_steps, self.batch_loss, pt, QColor(90, 140, 200), 1.0)
+        self._line(p, self.epoch_steps, self.epoch_train, pt, QColor(80, 170, 255), 2.5)
+        self._line(p, self.epoch_steps, self.epoch_val, pt, QColor(255, 150, 60), 2.5)
+        p.setPen(QColor(200, 200, 200))
+        p.drawText(QPointF(2, area.top() + 10), f"{10**hi:.2g}")
+        p.drawText(QPointF(2, area.bottom()), f"{10**lo:.2g}")
+        p.drawText(QPointF(area.left(), h - 4), "train (blue)  validation (orange)   step")
+        p.drawText(QPointF(area.right() - 40, h - 4), f"{int(x_max)}")
+        p.end()
+
+    @staticmethod
+    def _line(p, xs, ys, pt, color, width) -> None:
+        pts = [pt(x, y) for x, y in zip(xs, ys) if _finite(y) and y > 0]
+        if not pts:
+            return
+        p.setPen(QPen(color, width))
+        for a, b in zip(pts[:-1], pts[1:]):
+            p.drawLine(a, b)
+        if len(pts) == 1 or width > 2:
+            for q in pts:
+                p.drawEllipse(q, 2.5, 2.5)
+
+
+def _finite(v) -> bool:
+    try:
+        return v is not None and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,480 @@
+"""Review dock widget: score the model against the user's corrections, fine-tune, report.
+
+1. "Copy for correction" duplicates the model's shown output into a new layer that belongs to the
+   user (the plugin never writes to it again); the user adds, moves, deletes points or paints labels
+   with napari's own tools.
+2. "Evaluate" scores the model output and a classical baseline (trackpy's Crocker-Grier locator for
+   points, Otsu threshold + connected components for labels) against the corrected layer on the same
+   frames: F1, precision, recall, RMSE (points) or IoU, F1 and panoptic quality (labels).
+3. "Fine-tune" trains the model further on the corrected frames (targets rendered by the task's own
+   target from the corrected annotations) mixed batch by batch with simulated data, in a worker.
+4. "Write report" saves Markdown or HTML with the metrics, loss curves, configuration and versions.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
+
+from ._layers import InputError, image_frames, image_layers, is_plugin_layer, notify
+
+__all__ = ["ReviewWidget", "mixed_batches", "targets_from_points"]
+
+POINT_KINDS = ("detection", "tracking-3d", "counting", "characterization")
+LABEL_KINDS = ("segmentation",)
+
+
+class ReviewWidget(Container):
+    """Compare model output with corrected annotations; fine-tune; write a report."""
+
+    def __init__(self, napari_viewer):
+        from ._train_widget import warm_up_torch
+
+        self.viewer = napari_viewer
+        warm_up_torch()
+        self.image = ComboBox(label="image", choices=self._images, nullable=True)
+        self.prediction = ComboBox(label="model output", choices=self._annotations, nullable=True)
+        self.reference = ComboBox(label="corrected layer", choices=self._annotations, nullable=True)
+        self.tolerance = FloatSpinBox(label="match distance (px)", value=3.0, min=0.1, max=100.0)
+        self.iou_threshold = FloatSpinBox(label="IoU threshold", value=0.5, min=0.05, max=0.95, step=0.05)
+        self.copy_btn = PushButton(text="Copy output for correction")
+        self.eval_btn = PushButton(text="Evaluate")
+        self.results_label = Label(value="")
+        self.epochs = SpinBox(label="fine-tune epochs", value=2, min=1, max=1000)
+        self.steps = SpinBox(label="steps per epoch", value=10, min=1, max=100000)
+        self.finetune_btn = PushButton(text="Fine-tune on corrections + simulation")
+        self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
+        self.report_btn = PushButton(text="Write report...")
+        super().__init__(
+            widgets=[
+                self.image,
+                self.prediction,
+                self.reference,
+                self.tolerance,
+                self.iou_threshold,
+                self.copy_btn,
+                self.eval_btn,
+                self.results_label,
+                self.epochs,
+                self.steps,
+                self.finetune_btn,
+                self.progress,
+                self.report_btn,
+            ],
+            scrollable=True,
+        )
+        self.metrics: dict[str, dict] = {}
+        self.finetuned = None
+        self.finetune_history: dict | None = None
+        self.worker = None
+        self.copy_btn.changed.connect(self.copy_for_correction)
+        self.eval_btn.changed.connect(self.evaluate)
+        self.finetune_btn.changed.connect(self.fine_tune)
+        self.report_btn.changed.connect(lambda: self.write_report())
+        for ev in ("inserted", "removed", "reordered"):
+            getattr(napari_viewer.layers.events, ev).connect(self._refresh)
+
+    # ------------------------------------------------------------------ choices
+    def _images(self, _=None):
+        return [(lyr.name, lyr) for lyr in image_layers(self.viewer) if not is_plugin_layer(lyr)]
+
+    def _annotations(self, _=None):
+        from napari.layers import Labels, Points
+
+        return [(lyr.name, lyr) for lyr in self.viewer.layers if isinstance(lyr, Points | Labels)]
+
+    def _refresh(self, event=None):
+        for w in (self.image, self.prediction, self.reference):
+            try:
+                w.reset_choices()
+            except RuntimeError:
+                pass
+
+    # ------------------------------------------------------------------ helpers
+    def _bundle(self):
+        from ._apply_widget import last_apply_widget
+
+        aw = last_apply_widget(self.viewer)
+        if self.finetuned is not None:
+            return self.finetuned
+        if aw is None:
+            return None
+        try:
+            return aw.current_bundle()
+        except InputError:
+            return None
+
+    def copy_for_correction(self, *_):
+        """A user-owned copy of the model output (only the shown points) to edit."""
+        from napari.layers import Labels, Points
+
+        src = self.prediction.value
+        if src is None:
+            notify("Select the model output layer first (run Apply).", "error")
+            return None
+        kwargs = {
+            "scale": src.scale,
+            "translate": src.translate,
+            "units": src.units,
+            "name": f"{src.name} corrected",
+        }
+        if isinstance(src, Points):
+            shown = np.asarray(src.shown, dtype=bool)
+            feats = src.features[shown].reset_index(drop=True) if len(src.features) == len(shown) else None
+            layer = self.viewer.add_points(
+                np.asarray(src.data)[shown],
+                features=feats,
+                size=src.size[shown] if len(src.size) == len(shown) else 6,
+                face_color="cyan",
+                **kwargs,
+            )
+        elif isinstance(src, Labels):
+            layer = self.viewer.add_labels(np.array(src.data, copy=True), **kwargs)
+        else:
+            return None
+        self.reference.reset_choices()
+        self.reference.value = layer
+        notify(
+            f"'{layer.name}' is yours to correct: add, move, delete points or paint labels, then Evaluate."
+        )
+        return layer
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, *_) -> dict | None:
+        """Metrics of the model output and a classical baseline against the corrected layer."""
+        from napari.layers import Labels, Points
+
+        pred, ref = self.prediction.value, self.reference.value
+        try:
+            if pred is None or ref is None:
+                raise InputError("Select the model output layer and the corrected layer.")
+            if pred is ref:
+                raise InputError(
+                    "The model output and the corrected layer are the same layer: "
+                    "use 'Copy output for correction' and edit the copy."
+                )
+            if type(pred) is not type(ref):
+                raise InputError(
+                    f"Cannot compare a {type(pred).__name__} layer with a {type(ref).__name__} layer."
+                )
+            bundle = self._bundle()
+            if bundle is not None:
+                kind = bundle.task.kind
+                if isinstance(ref, Points) and kind not in POINT_KINDS:
+                    raise InputError(
+                        f"The model is a '{kind}' model; points can only score detection models."
+                    )
+                if isinstance(ref, Labels) and kind not in LABEL_KINDS:
+                    raise InputError(
+                        f"The model is a '{kind}' model; labels can only score segmentation models."
+                    )
+            frames = None
+            if self.image.value is not None:
+                frames, _ = image_frames(self.image.value, what="Review")
+            if isinstance(ref, Points):
+                metrics = self._points_metrics(pred, ref, frames)
+            else:
+                metrics = self._labels_metrics(pred, ref, frames)
+        except (InputError, ValueError) as exc:
+            notify(str(exc), "error")
+            return None
+        self.metrics.update(metrics)
+        self.results_label.value = "\n".join(
+            f"{name}: "
+            + ", ".join(
+                f"{k} {_f(m[k])}"
+                for k in ("f1", "precision", "recall", "rmse_xy", "iou", "panoptic_quality")
+                if k in m
+            )
+            for name, m in metrics.items()
+        )
+        return metrics
+
+    def _points_metrics(self, pred, ref, frames) -> dict:
+        from ..analysis.metrics import detection_metrics
+
+        truth = _points_table(ref)
+        model = _points_table(pred, only_shown=True)
+        keep = np.unique(truth["frame"]) if len(truth) else np.zeros(0, int)
+        if len(keep) == 0:
+            raise InputError(f"The corrected layer '{ref.name}' has no points.")
+        model = model[model["frame"].isin(keep)]
+        out = {"model": detection_metrics(model, truth, self.tolerance.value)}
+        if frames is not None:
+            from ..analysis.baselines import locate_trackpy
+            from ..analysis.calibrate import estimate_statistics
+
+            stats = estimate_statistics(frames[keep])
+            sigma = stats.spot_sigma_px or 1.5
+            diameter = int(2 * math.ceil(2 * sigma) + 1)
+            base = locate_trackpy(
+                frames[keep], diameter=diameter, invert=stats.polarity == "dark", minmass=0.0, topn=None
+            )
+            if len(base):
+                base["frame"] = keep[base["frame"].to_numpy().astype(int)]
+                # keep features clearly above the background: mass > 5 noise sigmas over the footprint
+                area = math.pi * (diameter / 2) ** 2
+                base = base[base["mass"] > 5 * stats.noise_sigma * math.sqrt(area)]
+            out["baseline (trackpy)"] = detection_metrics(base, truth, self.tolerance.value)
+        return out
+
+    def _labels_metrics(self, pred, ref, frames) -> dict:
+        from ..analysis.metrics import segmentation_metrics
+
+        p, r = np.asarray(pred.data), np.asarray(ref.data)
+        if p.shape != r.shape:
+            raise InputError(f"Label layers differ in shape: {p.shape} vs {r.shape}.")
+        p3, r3 = (p[None], r[None]) if p.ndim == 2 else (p, r)
+        keep = [t for t in range(len(r3)) if r3[t].any()]
+        if not keep:
+            raise InputError(f"The corrected layer '{ref.name}' has no labels.")
+        out = {
+            "model": _mean_metrics(
+                [segmentation_metrics(p3[t], r3[t], self.iou_threshold.value) for t in keep]
+            )
+        }
+        if frames is not None and frames.shape[-2:] == r.shape[-2:]:
+            from scipy import ndimage
+            from skimage.filters import threshold_otsu
+
+            base = []
+            for t in keep:
+                img = frames[t]
+                fg = img > threshold_otsu(img)
+                lab, _ = ndimage.label(fg)
+                base.append(segmentation_metrics(lab, r3[t], self.iou_threshold.value))
+            out["baseline (Otsu)"] = _mean_metrics(base)
+        return out
+
+    # ------------------------------------------------------------------ fine-tuning
+    def fine_tune(self, *_):
+        """Fine-tune on the corrected frames mixed with simulation, in a worker. Returns the worker."""
+        from napari.layers import Labels, Points
+        from napari.qt.threading import create_worker
+
+        from ..train.events import StopFlag
+        from ._train_widget import train_events
+
+        if self.worker is not None:
+            notify("Fine-tuning is already running.", "warning")
+            return None
+        try:
+            bundle = self._bundle()
+            if bundle is None:
+                raise InputError("No model to fine-tune: run Apply with a bundle or a trained model first.")
+            frames, _ = image_frames(self.image.value, what="fine-tuning")
+            ref = self.reference.value
+            task = copy.deepcopy(bundle.task)
+            if isinstance(ref, Points):
+                if task.kind not in POINT_KINDS:
+                    raise InputError(f"A '{task.kind}' model cannot be fine-tuned on points.")
+                table = _points_table(ref)
+                keep = np.unique(table["frame"]).astype(int)
+                targets = targets_from_points(task, table, frames.shape[-2:], keep)
+            elif isinstance(ref, Labels):
+                if task.kind not in LABEL_KINDS:
+                    raise InputError(f"A '{task.kind}' model cannot be fine-tuned on labels.")
+                lab = np.asarray(ref.data)
+                lab = lab[None] if lab.ndim == 2 else lab
+                keep = np.array([t for t in range(len(lab)) if lab[t].any()])
+                targets = _targets_from_labels(task, lab[keep])
+            else:
+                raise InputError("Select the corrected Points or Labels layer.")
+            if len(keep) == 0:
+                raise InputError("The corrected layer is empty.")
+        except (InputError, ValueError) as exc:
+            notify(str(exc), "error")
+            return None
+        model = copy.deepcopy(bundle.model).train()
+        epochs, steps = int(self.epochs.value), int(self.steps.value)
+        bs = int(task.training.get("batch_size", 8))
+        data = mixed_batches(task, frames[keep], targets, batch_size=bs, steps=epochs * steps)
+        self.progress.max, self.progress.value = epochs * steps, 0
+        self._task = task
+        worker = create_worker(
+            train_events,
+            task,
+            StopFlag(),
+            model=model,
+            train_data=data,
+            epochs=epochs,
+            steps_per_epoch=steps,
+            device="cpu",
+            _start_thread=False,
+        )
+        worker.yielded.connect(
+            lambda ev: setattr(self.progress, "value", min(int(ev.get("step", 0)), self.progress.max))
+        )
+        worker.returned.connect(self._finetuned)
+        worker.errored.connect(lambda exc: notify(f"Fine-tuning failed: {exc}", "error"))
+        worker.finished.connect(lambda: setattr(self, "worker", None))
+        self.worker = worker
+        worker.start()
+        return worker
+
+    def _finetuned(self, result) -> None:
+        from ..io.bundle import Bundle
+
+        self.finetuned = Bundle(
+            model=result.model.eval(), task=self._task, config={"history": result.history}, path=None
+        )
+        self.finetune_history = result.history
+        from ._apply_widget import last_apply_widget
+
+        aw = last_apply_widget(self.viewer)
+        if aw is not None:
+            aw.bundle = self.finetuned
+            aw.source.value = "bundle file"
+            aw.bundle_info.value = f"{self._task.name}: fine-tuned on corrections (not saved yet)"
+        notify("Fine-tuning finished: Apply now uses the fine-tuned model; run it and Evaluate again.")
+
+    # ------------------------------------------------------------------ report
+    def write_report(self, path: str | Path | None = None) -> Path | None:
+        from ._report import write_report
+
+        if not self.metrics:
+            notify("Evaluate first: the report needs metrics.", "warning")
+            return None
+        if path is None:
+            from qtpy.QtWidgets import QFileDialog
+
+            path, _ = QFileDialog.getSaveFileName(
+                None, "Write report", "report.md", "Markdown (*.md);;HTML (*.html)"
+            )
+            if not path:
+                return None
+        bundle = self._bundle()
+        history = self.finetune_history
+        settings = {}
+        if bundle is not None:
+            history = history or (bundle.config or {}).get("history")
+            settings = (bundle.config or {}).get("training", {})
+        out = write_report(
+            path,
+            self.metrics,
+            task=getattr(bundle, "task", None),
+            history=history or {},
+            settings=settings,
+            notes="Metrics against the user's corrected layer; "
+            "baseline = classical method on the same frames.",
+        )
+        notify(f"Report written to {out}")
+        return out
+
+
+# ---------------------------------------------------------------------------- pure helpers
+def _f(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _mean_metrics(rows: list[dict]) -> dict:
+    keys = [k for k, v in rows[0].items() if isinstance(v, int | float)]
+    out = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    out["n_frames"] = len(rows)
+    return out
+
+
+def _points_table(layer, only_shown: bool = False) -> pd.DataFrame:
+    """Points layer -> table ``frame, y, x`` (+ z_um, probability when present), in data pixels."""
+    data = np.asarray(layer.data, dtype=float)
+    if only_shown and len(getattr(layer, "shown", [])) == len(data):
+        mask = np.asarray(layer.shown, dtype=bool)
+    else:
+        mask = np.ones(len(data), bool)
+    data = data[mask]
+    cols = {"y": data[:, -2], "x": data[:, -1]} if len(data) else {"y": [], "x": []}
+    table = pd.DataFrame(cols)
+    table["frame"] = (
+        data[:, 0].round().astype(int) if data.ndim == 2 and data.shape[1] >= 3 and len(data) else 0
+    )
+    feats = layer.features
+    if len(feats) == len(mask):
+        for c in ("probability", "z_um"):
+            if c in feats:
+                table[c] = feats[c].to_numpy()[mask]
+    return table
+
+
+def targets_from_points(task, table: pd.DataFrame, image_shape, frames) -> np.ndarray:
+    """Render the task's training target from annotated points (the same target code as simulation)."""
+    import torch
+
+    from ..sim.scene import Scene
+
+    frames = np.asarray(frames, dtype=int)
+    groups = [table[table["frame"] == f] for f in frames]
+    n = max(1, max(len(g) for g in groups))
+    scene = Scene.empty(len(frames), n, tuple(int(s) for s in image_shape))
+    for i, g in enumerate(groups):
+        k = len(g)
+        scene.position[i, :k, 0] = torch.tensor(g["y"].to_numpy(dtype=np.float32))
+        scene.position[i, :k, 1] = torch.tensor(g["x"].to_numpy(dtype=np.float32))
+        if "z_um" in g:
+            scene.position[i, :k, 2] = torch.tensor(g["z_um"].fillna(0).to_numpy(dtype=np.float32))
+        scene.present[i, :k] = True
+        scene.intensity[i, :k] = 1.0
+    target = task.pipeline.targets[task.target]
+    return target(scene).detach().cpu().numpy()
+
+
+def _targets_from_labels(task, labels: np.ndarray) -> np.ndarray:
+    name = type(task.pipeline.targets[task.target]).__name__
+    lab = labels[:, None].astype(np.int64)
+    return lab if name == "InstanceLabels" else (lab > 0).astype(np.float32)
+
+
+class mixed_batches:  # noqa: N801 - used like a function returning an iterable
+    """Alternate batches of corrected real frames (random crops, flips) and simulated images.
+
+    Real batches: random crops of the task's training size (or whole frames when smaller) of the
+    corrected frames and their targets, normalised as at inference. Simulated batches: the task's own
+    online simulation. ``steps`` batches in total, half of each.
+    """
+
+    def __init__(
+        self, task, frames: np.ndarray, targets: np.ndarray, batch_size: int, steps: int, seed: int = 0
+    ):
+        self.task, self.frames, self.targets = task, frames.astype(np.float32), targets
+        self.batch_size, self.steps, self.seed = int(batch_size), int(steps), int(seed)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        import torch
+
+        from ..train.data import OnlineDataset, normalize
+
+        sim = iter(
+            OnlineDataset(
+                self.task.pipeline,
+                self.task.target,
+                batch_size=self.batch_size,
+                steps_per_epoch=self.steps,
+                epochs=1,
+                seed=self.seed,
+                normalization=self.task.input_normalization,
+            )
+        )
+        rng = np.random.default_rng(self.seed)
+        h, w = self.frames.shape[-2:]
+        ch, cw = (min(h, s) for s in self.task.pipeline.image_shape)
+        for step in range(self.steps):
+            if step % 2:
+                yield next(sim)
+                continue
+            idx = rng.integers(0, len(self.frames), self.batch_size)
+            y0 = rng.integers(0, h - ch + 1, self.batch_size)
+            x0 = rng.integers(0, w - cw + 1, self.batch_size)
+            xs = np.stack([self.frames[i, a : a + ch, b : b + cw] for i, a, b in zip(idx, y0, x0)])
+            ys = np.stack([self.targets[i, ..., a : a + ch, b : b + cw] for i, a, b in zip(idx, y0, x0)])
+            flip = rng.random(self.batch_size) < 0.5
+            xs[flip] = xs[flip][..., ::-1]
+            ys[flip] = ys[flip][..., ::-1]
+            x = normalize(torch.from_numpy(np.ascontiguousarray(xs))[:, None], self.task.input_normalization)
+            yield x, torch.from_numpy(np.ascontiguousarray(ys))

@@ -1,0 +1,545 @@
+"""Simulate dock widget: describe the microscope and sample, match them to a real layer, preview.
+
+The form builds a :class:`~napari_deeptrack.sim.Pipeline` (:meth:`SimulateWidget.build_pipeline`);
+"Match to layer" calls :func:`napari_deeptrack.analysis.calibrate.match_pipeline` on the selected
+image and fills the form with the result (every value stays editable). The preview is simulated in a
+worker thread, debounced, and shown beside the real image (napari grid) or over it, with the same
+frame shape (H, W), scale and contrast limits (one frame, shown at every time point of a stack),
+together with the sim-vs-real statistics distance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
+from qtpy.QtCore import QTimer
+
+from ._layers import (
+    InputError,
+    image_frames,
+    image_layers,
+    layer_pixel_size_um,
+    notify,
+    spatial_kwargs,
+    viewer_alive,
+    write_layer,
+)
+
+__all__ = ["PREVIEW_ROLE", "SimulateWidget"]
+
+PREVIEW_ROLE = "simulation preview"
+PREVIEW_NAME = "DeepTrack simulation"
+MODALITIES = ("fluorescence", "brightfield", "holography")
+PARTICLES = ("point", "sphere", "Mie sphere", "cell")
+ABERRATIONS = ("none", "defocus", "astigmatism", "coma_x", "coma_y", "spherical", "trefoil_x")
+_LAST: dict[int, SimulateWidget] = {}
+
+
+def last_simulate_widget(viewer) -> SimulateWidget | None:
+    """The Simulate widget docked in ``viewer`` (used by Train to take its simulation)."""
+    return _LAST.get(id(viewer))
+
+
+def _make(cls, **kwargs):
+    """Instantiate a sim dataclass with the keyword arguments it accepts."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in kwargs.items() if k in names})
+
+
+def _range(lo: float, hi: float):
+    from ..sim import Uniform
+
+    lo, hi = float(lo), float(hi)
+    return lo if hi <= lo else Uniform(lo, hi)
+
+
+def _bounds(value) -> tuple[float, float]:
+    from ..sim.params import support
+
+    try:
+        lo, hi = support(value)
+    except TypeError:
+        return 0.0, 0.0
+    return float(lo), float(hi)
+
+
+class SimulateWidget(Container):
+    """Simulation builder with "Match to layer", preview and JSON / Python export."""
+
+    def __init__(self, napari_viewer):
+        self.viewer = napari_viewer
+        self.layer = ComboBox(label="real image", choices=self._image_choices, nullable=True)
+        self.modality = ComboBox(label="modality", choices=MODALITIES, value="fluorescence")
+        # optics
+        self.NA = FloatSpinBox(label="NA", value=1.3, min=0.05, max=1.7, step=0.05)
+        self.wavelength_um = FloatSpinBox(label="wavelength (um)", value=0.6, min=0.2, max=2.0, step=0.01)
+        self.pixel_size_um = FloatSpinBox(label="pixel size (um)", value=0.1, min=0.001, max=20.0, step=0.005)
+        self.magnification = FloatSpinBox(
+            label="magnification (0: use pixel size)", value=0.0, min=0.0, max=250.0
+        )
+        self.camera_pixel_um = FloatSpinBox(label="camera pixel (um)", value=6.5, min=0.5, max=50.0)
+        self.medium_index = FloatSpinBox(label="medium index", value=1.33, min=1.0, max=2.0, step=0.01)
+        self.aberration = ComboBox(label="aberration", choices=ABERRATIONS, value="none")
+        self.aberration_rad = FloatSpinBox(
+            label="aberration (rad rms)", value=0.0, min=-5.0, max=5.0, step=0.1
+        )
+        # sample
+        self.particle = ComboBox(label="particle", choices=PARTICLES, value="point")
+        self.count_min = SpinBox(label="count min", value=5, min=0, max=10000)
+        self.count_max = SpinBox(label="count max", value=15, min=0, max=10000)
+        self.radius_um = FloatSpinBox(label="radius (um)", value=0.5, min=0.01, max=50.0, step=0.05)
+        self.intensity_min = FloatSpinBox(label="photons min", value=500.0, min=0.0, max=1e8, step=100)
+        self.intensity_max = FloatSpinBox(label="photons max", value=1500.0, min=0.0, max=1e8, step=100)
+        self.particle_index = FloatSpinBox(label="particle index", value=1.5, min=1.0, max=3.0, step=0.01)
+        self.z_min_um = FloatSpinBox(label="z min (um)", value=0.0, min=-100.0, max=100.0, step=0.1)
+        self.z_max_um = FloatSpinBox(label="z max (um)", value=0.0, min=-100.0, max=100.0, step=0.1)
+        # noise
+        self.background = FloatSpinBox(label="background (photons)", value=20.0, min=0.0, max=1e7)
+        self.shot_noise = CheckBox(label="shot noise (Poisson)", value=True)
+        self.read_noise = FloatSpinBox(label="read noise (grey values)", value=0.0, min=0.0, max=1e5)
+        self.gain = FloatSpinBox(label="camera gain (grey/photon)", value=1.0, min=1e-6, max=1e4, step=0.1)
+        # preview
+        self.auto_preview = CheckBox(label="live preview", value=True)
+        self.layout_mode = ComboBox(
+            label="preview", choices=("side by side", "overlay"), value="side by side"
+        )
+        self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
+        self.match_btn = PushButton(text="Match to layer")
+        self.preview_btn = PushButton(text="Preview")
+        self.save_btn = PushButton(text="Save JSON...")
+        self.load_btn = PushButton(text="Load JSON...")
+        self.export_btn = PushButton(text="Export Python...")
+        self.stats_label = Label(value="sim vs real distance: -")
+        self.match_label = Label(value="")
+        super().__init__(
+            widgets=[
+                self.layer,
+                self.modality,
+                Label(value="<b>Optics</b>"),
+                self.NA,
+                self.wavelength_um,
+                self.pixel_size_um,
+                self.magnification,
+                self.camera_pixel_um,
+                self.medium_index,
+                self.aberration,
+                self.aberration_rad,
+                Label(value="<b>Sample</b>"),
+                self.particle,
+                self.count_min,
+                self.count_max,
+                self.radius_um,
+                self.intensity_min,
+                self.intensity_max,
+                self.particle_index,
+                self.z_min_um,
+                self.z_max_um,
+                Label(value="<b>Noise</b>"),
+                self.background,
+                self.shot_noise,
+                self.read_noise,
+                self.gain,
+                Label(value="<b>Preview</b>"),
+                self.match_btn,
+                self.match_label,
+                self.auto_preview,
+                self.layout_mode,
+                self.seed,
+                self.preview_btn,
+                self.stats_label,
+                Container(
+                    widgets=[self.save_btn, self.load_btn, self.export_btn], layout="horizontal", labels=False
+                ),
+            ],
+            scrollable=True,
+        )
+        _LAST[id(napari_viewer)] = self
+        self.last_result: dict | None = None
+        self._worker = None
+        self._pending = False
+        self._timer = QTimer()
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(300)
+        self._timer.timeout.connect(self.preview)
+        self.match_btn.changed.connect(self.match_to_layer)
+        self.preview_btn.changed.connect(self.preview)
+        self.save_btn.changed.connect(lambda: self.save_config())
+        self.load_btn.changed.connect(lambda: self.load_config())
+        self.export_btn.changed.connect(lambda: self.export_python())
+        for w in self._parameter_widgets():
+            w.changed.connect(self._parameters_changed)
+        self.layout_mode.changed.connect(self._apply_layout)
+        for ev in ("inserted", "removed", "reordered"):
+            getattr(napari_viewer.layers.events, ev).connect(self._refresh_layers)
+
+    # ------------------------------------------------------------------ layers
+    def _image_choices(self, _=None):
+        return [
+            (layer.name, layer)
+            for layer in image_layers(self.viewer)
+            if PREVIEW_ROLE != layer.metadata.get("napari_deeptrack")
+        ]
+
+    def _refresh_layers(self, event=None):
+        try:
+            self.layer.reset_choices()
+        except RuntimeError:  # widget already deleted
+            pass
+
+    def _parameter_widgets(self):
+        return [
+            self.modality,
+            self.NA,
+            self.wavelength_um,
+            self.pixel_size_um,
+            self.magnification,
+            self.camera_pixel_um,
+            self.medium_index,
+            self.aberration,
+            self.aberration_rad,
+            self.particle,
+            self.count_min,
+            self.count_max,
+            self.radius_um,
+            self.intensity_min,
+            self.intensity_max,
+            self.particle_index,
+            self.z_min_um,
+            self.z_max_um,
+            self.background,
+            self.shot_noise,
+            self.read_noise,
+            self.gain,
+            self.seed,
+        ]
+
+    def _parameters_changed(self, *_):
+        if self.auto_preview.value:
+            self._timer.start()  # debounced: restarts on every change
+
+    # ------------------------------------------------------------------ pipeline <-> form
+    def build_pipeline(self, image_shape: tuple[int, int] | None = None):
+        """The simulation described by the form (``image_shape`` defaults to the selected layer's)."""
+        from .. import sim
+
+        if image_shape is None:
+            layer = self.layer.value
+            image_shape = tuple(layer.data.shape[-2:]) if layer is not None and not layer.rgb else (128, 128)
+        mod = self.modality.value
+        optics_kwargs = {
+            "NA": self.NA.value,
+            "wavelength_um": self.wavelength_um.value,
+            "refractive_index_medium": self.medium_index.value,
+        }
+        if self.magnification.value > 0:
+            optics_kwargs.update(
+                camera_pixel_um=self.camera_pixel_um.value, magnification=self.magnification.value
+            )
+        else:
+            optics_kwargs["pixel_size_um"] = self.pixel_size_um.value
+        if self.aberration.value != "none" and self.aberration_rad.value != 0:
+            optics_kwargs["aberrations"] = [
+                sim.Zernike.named(self.aberration.value, self.aberration_rad.value)
+            ]
+        optics_cls = {
+            "fluorescence": "Fluorescence",
+            "brightfield": "Brightfield",
+            "holography": "Holography",
+        }[mod]
+        optics = _make(getattr(sim, optics_cls), **optics_kwargs)
+        kind = self.particle.value
+        n_p = self.particle_index.value
+        if kind == "point":
+            scatterer = sim.PointParticle()
+        elif kind == "sphere":
+            scatterer = _make(sim.Sphere, radius_um=self.radius_um.value, refractive_index=n_p)
+        elif kind == "Mie sphere":
+            scatterer = _make(sim.MieSphere, radius_um=self.radius_um.value, refractive_index=n_p)
+        else:
+            scatterer = _make(sim.CellBody, radius_um=self.radius_um.value)
+        lo, hi = sorted((int(self.count_min.value), int(self.count_max.value)))
+        particles = sim.Particles(
+            scatterer,
+            count=sim.IntUniform(lo, hi) if hi > lo else hi,
+            intensity=_range(*sorted((self.intensity_min.value, self.intensity_max.value))),
+            z_um=_range(*sorted((self.z_min_um.value, self.z_max_um.value))),
+        )
+        transforms = []
+        if mod == "fluorescence":
+            transforms.append(sim.Background(self.background.value))
+            if self.shot_noise.value:
+                transforms.append(sim.Poisson())
+        elif self.shot_noise.value:
+            transforms.append(sim.Poisson())
+        if self.gain.value != 1.0:
+            transforms.append(_make(sim.Camera, gain=self.gain.value, offset=0.0))
+        if self.read_noise.value > 0:
+            transforms.append(_make(sim.ReadNoise, sigma=self.read_noise.value))
+        return sim.Pipeline(
+            image_shape=tuple(int(s) for s in image_shape),
+            particles=[particles],
+            optics=optics,
+            transforms=transforms,
+        )
+
+    def set_pipeline(self, pipeline) -> None:
+        """Fill the form from a pipeline (first population; unknown objects keep the form's values)."""
+        with self.changed.blocked():
+            self._set_pipeline(pipeline)
+        self._parameters_changed()
+
+    def _set_pipeline(self, pipeline) -> None:
+        optics = pipeline.optics
+        name = type(optics).__name__.lower()
+        if name in MODALITIES:
+            self.modality.value = name
+        for attr, widget in (
+            ("NA", self.NA),
+            ("wavelength_um", self.wavelength_um),
+            ("refractive_index_medium", self.medium_index),
+        ):
+            if getattr(optics, attr, None) is not None:
+                widget.value = float(getattr(optics, attr))
+        if getattr(optics, "pixel_size_um", None):
+            self.pixel_size_um.value = float(optics.pixel_size_um)
+            self.magnification.value = 0.0
+        elif getattr(optics, "magnification", None):
+            self.magnification.value = float(optics.magnification)
+            self.camera_pixel_um.value = float(optics.camera_pixel_um)
+        if pipeline.particles:
+            pop = pipeline.particles[0]
+            lo, hi = _bounds(pop.count)
+            self.count_min.value, self.count_max.value = int(lo), int(min(hi, 10000))
+            lo, hi = _bounds(pop.intensity)
+            self.intensity_min.value, self.intensity_max.value = lo, hi
+            lo, hi = _bounds(pop.z_um)
+            self.z_min_um.value, self.z_max_um.value = lo, hi
+            sc = type(pop.scatterer).__name__
+            self.particle.value = {
+                "PointParticle": "point",
+                "Sphere": "sphere",
+                "MieSphere": "Mie sphere",
+                "CellBody": "cell",
+            }.get(sc, self.particle.value)
+            if hasattr(pop.scatterer, "radius_um"):
+                self.radius_um.value = float(np.mean(_bounds(pop.scatterer.radius_um)))
+            if hasattr(pop.scatterer, "refractive_index"):
+                self.particle_index.value = float(np.real(np.mean(_bounds(pop.scatterer.refractive_index))))
+        self.shot_noise.value = False
+        self.read_noise.value = 0.0
+        self.gain.value = 1.0
+        for tr in pipeline.transforms:
+            n = type(tr).__name__
+            if n == "Background":
+                self.background.value = float(np.mean(_bounds(tr.level)))
+            elif n == "Poisson":
+                self.shot_noise.value = True
+            elif n == "Camera":
+                self.gain.value = float(np.mean(_bounds(tr.gain)))
+            elif n == "ReadNoise":
+                self.read_noise.value = float(np.mean(_bounds(tr.sigma)))
+
+    # ------------------------------------------------------------------ match
+    def match_to_layer(self, *_) -> bool:
+        """Estimate pixel size, PSF width, background, noise, density, polarity from the selected layer."""
+        from ..analysis.calibrate import estimate_statistics, match_pipeline
+
+        layer = self.layer.value
+        try:
+            frames, _ = image_frames(layer, what="Match to layer")
+            px = layer_pixel_size_um(layer)
+            stats = estimate_statistics(frames, px)
+            matched = match_pipeline(
+                self.build_pipeline(frames.shape[-2:]), frames, px, stats=stats, match_shape=True
+            )
+        except (InputError, ValueError) as exc:
+            notify(str(exc), "error")
+            return False
+        self.set_pipeline(matched)
+        if stats.polarity == "dark" and self.modality.value == "fluorescence":
+            self.modality.value = "brightfield"
+        sigma = f"{stats.spot_sigma_px:.2f} px" if stats.spot_sigma_px else "no spots found"
+        self.match_label.value = (
+            f"pixel {px if px else 'unknown (kept)'} um, spot sigma {sigma}, "
+            f"background {stats.background:.4g}, noise {stats.noise_sigma:.3g}, "
+            f"{stats.spots_per_frame:.0f} spots/frame, {stats.polarity} particles"
+        )
+        notify(f"Simulation matched to '{layer.name}': {self.match_label.value}")
+        return True
+
+    # ------------------------------------------------------------------ preview
+    def preview(self, *_):
+        """Simulate a preview (in a worker) and show it next to the selected layer."""
+        from napari.qt.threading import create_worker
+
+        if not viewer_alive(self.viewer):
+            self._timer.stop()
+            return None
+        if self._worker is not None:
+            self._pending = True
+            return None
+        layer = self.layer.value
+        frames = None
+        try:
+            if layer is not None:
+                frames, _ = image_frames(layer, what="the preview")
+            shape = frames.shape[-2:] if frames is not None else (128, 128)
+            pipeline = self.build_pipeline(shape)
+        except (InputError, ValueError, TypeError) as exc:
+            notify(str(exc), "error")
+            return None
+        n = 1 if frames is None or frames.shape[0] == 1 else min(frames.shape[0], 3)
+        meta = {
+            "source": layer,
+            "was_2d": frames is None or (layer is not None and layer.ndim == 2),
+            "contrast_limits": tuple(layer.contrast_limits) if layer is not None else None,
+        }
+        worker = create_worker(_simulate_preview, pipeline, n, int(self.seed.value), frames)
+        worker.returned.connect(lambda result: self._show_preview(result, meta))
+        worker.errored.connect(lambda exc: notify(f"Simulation failed: {exc}", "error"))
+        worker.finished.connect(self._preview_done)
+        self._worker = worker
+        worker.start()
+        return worker
+
+    def _preview_done(self):
+        self._worker = None
+        if self._pending:
+            self._pending = False
+            self.preview()
+
+    def _show_preview(self, result: dict, meta: dict) -> None:
+        if not viewer_alive(self.viewer):
+            return
+        images = result["images"]
+        # one simulated frame, (H, W) like the real layer's frames: a 2D layer shows at every time point
+        data = images[0]
+        source = meta["source"]
+        kwargs = spatial_kwargs(source, data.ndim) if source is not None else {}
+        if meta["contrast_limits"] is not None:
+            kwargs["contrast_limits"] = meta["contrast_limits"]
+        kwargs["colormap"] = getattr(source, "colormap", None).name if source is not None else "gray"
+        kwargs["metadata"] = {"pipeline": result["pipeline_json"]}
+        write_layer(self.viewer, PREVIEW_NAME, "image", data, role=PREVIEW_ROLE, **kwargs)
+        self.last_result = result
+        cmp = result.get("comparison")
+        if cmp is not None:
+            verdict = (
+                "covers the data"
+                if cmp["distance"] < 0.2
+                else ("close" if cmp["distance"] < 0.5 else "far from the data")
+            )
+            self.stats_label.value = (
+                f"sim vs real distance: {cmp['distance']:.3f} ({verdict}); histogram {cmp['histogram']:.2f}, "
+                f"noise {cmp['noise']:.2f}, spot width {cmp['spot_width']:.2f}"
+            )
+        else:
+            self.stats_label.value = "sim vs real distance: - (no real image selected)"
+        self._apply_layout()
+
+    def _apply_layout(self, *_):
+        preview = next(
+            (lyr for lyr in self.viewer.layers if lyr.metadata.get("napari_deeptrack") == PREVIEW_ROLE), None
+        )
+        if preview is None:
+            return
+        if self.layout_mode.value == "side by side":
+            preview.opacity = 1.0
+            preview.blending = "translucent"
+            if not _grid(self.viewer).enabled:
+                _grid(self.viewer).enabled = True
+                self.viewer.reset_view()
+        else:
+            _grid(self.viewer).enabled = False
+            preview.opacity = 0.5
+            preview.blending = "additive"
+
+    # ------------------------------------------------------------------ files
+    def save_config(self, path: str | Path | None = None) -> Path | None:
+        """Save the simulation as JSON (``sim.serialize.to_json``)."""
+        from ..sim.serialize import to_json
+
+        path = path or _file_dialog("save", "Save simulation", "JSON (*.json)")
+        if not path:
+            return None
+        try:
+            Path(path).write_text(to_json(self.build_pipeline()))
+        except (ValueError, TypeError, OSError) as exc:
+            notify(f"Could not save the simulation: {exc}", "error")
+            return None
+        notify(f"Simulation saved to {path}")
+        return Path(path)
+
+    def load_config(self, path: str | Path | None = None):
+        """Load a simulation JSON into the form."""
+        from ..sim.pipeline import Pipeline
+        from ..sim.serialize import from_json
+
+        path = path or _file_dialog("open", "Load simulation", "JSON (*.json)")
+        if not path:
+            return None
+        try:
+            obj = from_json(Path(path).read_text())
+            if not isinstance(obj, Pipeline):
+                obj = getattr(obj, "pipeline", None)
+            if not isinstance(obj, Pipeline):
+                raise ValueError("the file holds no simulation pipeline")
+        except (ValueError, TypeError, OSError, json.JSONDecodeError) as exc:
+            notify(f"Could not load {path}: {exc}", "error")
+            return None
+        self.set_pipeline(obj)
+        return obj
+
+    def export_python(self, path: str | Path | None = None) -> Path | None:
+        """Export the simulation as a Python script (``sim.serialize.to_python``)."""
+        from ..sim.serialize import to_python
+
+        path = path or _file_dialog("save", "Export simulation as Python", "Python (*.py)")
+        if not path:
+            return None
+        try:
+            Path(path).write_text(to_python(self.build_pipeline()))
+        except (ValueError, TypeError, OSError) as exc:
+            notify(f"Could not export the simulation: {exc}", "error")
+            return None
+        notify(f"Simulation exported to {path}")
+        return Path(path)
+
+
+def _grid(viewer):
+    """The viewer's grid settings (``viewer.canvas.grid`` since napari 0.9, ``viewer.grid`` before)."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
+
+
+def _file_dialog(mode: str, title: str, filt: str) -> str | None:
+    from qtpy.QtWidgets import QFileDialog
+
+    if mode == "save":
+        path, _ = QFileDialog.getSaveFileName(None, title, "", filt)
+    else:
+        path, _ = QFileDialog.getOpenFileName(None, title, "", filt)
+    return path or None
+
+
+def _simulate_preview(pipeline, n: int, seed: int, frames: np.ndarray | None) -> dict:
+    """Worker: simulate ``n`` images and compare them with the real frames (no layer access here)."""
+    import torch
+
+    from ..analysis.calibrate import compare_statistics
+    from ..sim.serialize import to_json
+
+    with torch.no_grad():
+        batch = pipeline(n, seed=seed)
+    images = batch.image[:, 0].detach().cpu().numpy().astype(np.float32)
+    out = {"images": images, "pipeline_json": to_json(pipeline, indent=None)}
+    if frames is not None:
+        try:
+            out["comparison"] = compare_statistics(images, frames)
+        except ValueError:
+            out["comparison"] = None
+    return out

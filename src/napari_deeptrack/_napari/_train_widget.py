@@ -1,0 +1,363 @@
+"""Train dock widget: task preset, model, hyperparameters, device; training in a worker thread.
+
+The worker is a ``thread_worker`` generator that yields every trainer event (one per batch, one per
+epoch): the main thread updates the progress bar, ETA and loss curves from ``yielded``. Everything the
+training needs (the task, optionally with the Simulate widget's simulation) is built on the main
+thread before the worker starts; the worker never touches layers. Stop asks the trainer to stop after
+the current batch; the model keeps the best checkpoint (lowest validation loss).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from pathlib import Path
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+
+from ._layers import notify
+
+__all__ = ["TrainWidget", "last_train_widget", "train_events"]
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+_LAST: dict[int, TrainWidget] = {}
+
+
+def last_train_widget(viewer) -> TrainWidget | None:
+    """The Train widget docked in ``viewer`` (Apply uses its just-trained model)."""
+    return _LAST.get(id(viewer))
+
+
+def _presets() -> list[str]:
+    try:
+        from ..tasks import list_presets
+
+        return list_presets()
+    except Exception:  # pragma: no cover - presets being written
+        return []
+
+
+def _fmt_eta(s) -> str:
+    if s is None or s != s:
+        return "?"
+    s = int(round(s))
+    return f"{s // 60:d}:{s % 60:02d}"
+
+
+_WARM = False
+
+
+def warm_up_torch() -> None:
+    """Import what a training step imports (torch's optimiser pulls in ~800 modules on its first step).
+
+    Done once on the main thread when a widget that trains opens: an import in the worker thread would
+    hold the GIL for hundreds of milliseconds and freeze napari in the middle of training.
+    """
+    global _WARM
+    if _WARM:
+        return
+    import torch
+
+    from ..train import api  # noqa: F401 - imported for its side effect (module loading)
+
+    p = torch.nn.Parameter(torch.zeros(1, 1, 3, 3))
+    opt = torch.optim.Adam([p], lr=1e-3)
+    x = torch.nn.functional.conv2d(torch.zeros(1, 1, 4, 4), p)
+    torch.nn.functional.batch_norm(x, None, None, training=True).sum().backward()
+    opt.step()
+    _WARM = True
+
+
+def train_events(task, stop_flag, **settings):
+    """Generator run in the worker: trains ``task`` and yields every trainer event; returns the result.
+
+    Training runs in a helper thread that feeds a queue; this generator relays the events, so the
+    napari worker yields once per batch without the trainer knowing about Qt.
+    """
+    from ..train.api import train_task
+
+    events: queue.Queue = queue.Queue()
+    done = object()
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = train_task(task, None, callbacks=[events.put], stop_flag=stop_flag, **settings)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the worker
+            box["error"] = exc
+        finally:
+            events.put(done)
+
+    thread = threading.Thread(target=run, name="napari-deeptrack-train", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ev = events.get()
+            if ev is done:
+                break
+            yield ev
+    finally:
+        if thread.is_alive():  # the worker was quit: stop training cooperatively
+            stop_flag.stop()
+        thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+class TrainWidget(Container):
+    """Train a task preset on simulated data; live loss curves; Stop; Save bundle."""
+
+    def __init__(self, napari_viewer):
+        from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+        from ._plot import LossPlot
+
+        self.viewer = napari_viewer
+        warm_up_torch()
+        presets = _presets()
+        self.preset = ComboBox(label="task preset", choices=presets, value=presets[0] if presets else None)
+        self.description = Label(value="")
+        self.use_simulation = CheckBox(label="use the Simulate widget's simulation", value=False)
+        self.model_config = LineEdit(label="model (JSON)")
+        self.epochs = SpinBox(label="epochs", value=10, min=1, max=100000)
+        self.steps = SpinBox(label="steps per epoch", value=50, min=1, max=1000000)
+        self.batch_size = SpinBox(label="batch size", value=16, min=1, max=4096)
+        self.lr = FloatSpinBox(label="learning rate", value=1e-3, min=1e-7, max=1.0, step=1e-4)
+        self.validation_size = SpinBox(label="validation images", value=64, min=1, max=100000)
+        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
+        self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
+        self.train_btn = PushButton(text="Train")
+        self.stop_btn = PushButton(text="Stop (keep best)")
+        self.save_btn = PushButton(text="Save bundle...")
+        self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
+        self.status = Label(value="idle")
+        super().__init__(
+            widgets=[
+                self.preset,
+                self.description,
+                self.use_simulation,
+                self.model_config,
+                self.epochs,
+                self.steps,
+                self.batch_size,
+                self.lr,
+                self.validation_size,
+                self.device,
+                self.seed,
+                Container(
+                    widgets=[self.train_btn, self.stop_btn, self.save_btn], layout="horizontal", labels=False
+                ),
+                self.progress,
+                self.status,
+            ],
+            scrollable=True,
+        )
+        self.plot = LossPlot()
+        holder = QWidget()
+        lay = QVBoxLayout(holder)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.plot)
+        self.native.layout().addWidget(holder)
+        self.stop_btn.enabled = False
+        self.save_btn.enabled = False
+        self.task = None
+        self.model = None
+        self.history: dict | None = None
+        self.settings: dict | None = None
+        self.last_event: dict | None = None
+        self.worker = None
+        self._stop_flag = None
+        _LAST[id(napari_viewer)] = self
+        self.preset.changed.connect(self._preset_changed)
+        self.train_btn.changed.connect(self.start_training)
+        self.stop_btn.changed.connect(self.stop)
+        self.save_btn.changed.connect(lambda: self.save_bundle())
+        self._preset_changed()
+
+    # ------------------------------------------------------------------ form
+    def _preset_changed(self, *_):
+        from ..tasks import TRAINING_DEFAULTS, get_preset
+
+        if not self.preset.value:
+            self.description.value = "no task presets installed"
+            return
+        task = get_preset(self.preset.value)
+        self.description.value = f"{task.kind}: {task.description[:160]}"
+        self.model_config.value = json.dumps(task.model)
+        s = {**TRAINING_DEFAULTS, **task.training}
+        self.epochs.value, self.steps.value = int(s["epochs"]), int(s["steps_per_epoch"])
+        self.batch_size.value, self.lr.value = int(s["batch_size"]), float(s["lr"])
+        self.validation_size.value = min(int(s["validation_size"]), 256)
+
+    def build_task(self):
+        """The task to train: the preset, its model config and optionally the Simulate widget's pipeline."""
+        from ..tasks import get_preset
+
+        if not self.preset.value:
+            raise ValueError("no task preset selected")
+        task = get_preset(self.preset.value)
+        text = (self.model_config.value or "").strip()
+        if text:
+            try:
+                model = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"model (JSON) is not valid JSON: {exc}") from None
+            if not isinstance(model, dict) or "type" not in model:
+                raise ValueError('model (JSON) must be an object with a "type", e.g. {"type": "UNet", ...}')
+            task.model = model
+        if self.use_simulation.value:
+            from ._simulate_widget import last_simulate_widget
+
+            sim_widget = last_simulate_widget(self.viewer)
+            if sim_widget is None:
+                raise ValueError(
+                    "open the Simulate widget first, or untick 'use the Simulate widget's simulation'"
+                )
+            mine = sim_widget.build_pipeline(task.pipeline.image_shape)
+            keep = [
+                t
+                for t in task.pipeline.transforms
+                if type(t).__name__ not in ("Background", "Poisson", "ReadNoise", "Camera")
+            ]
+            task.pipeline = mine.with_(
+                targets=task.pipeline.targets,
+                transforms=mine.transforms + keep,
+                min_distance_px=task.pipeline.min_distance_px,
+            )
+            px = getattr(mine.optics, "pixel_size_um", None)
+            if px:
+                task.pixel_size_um = float(px)
+        task.training = {**task.training, "validation_size": int(self.validation_size.value)}
+        return task
+
+    # ------------------------------------------------------------------ training
+    def start_training(self, *_):
+        """Build everything on the main thread, then train in a worker; returns the worker (or None)."""
+        from napari.qt.threading import create_worker
+
+        from ..train.events import StopFlag
+
+        if self.worker is not None:
+            notify("Training is already running.", "warning")
+            return None
+        try:
+            task = self.build_task()
+            settings = {
+                "epochs": int(self.epochs.value),
+                "steps_per_epoch": int(self.steps.value),
+                "batch_size": int(self.batch_size.value),
+                "lr": float(self.lr.value),
+                "device": self.device.value,
+                "seed": int(self.seed.value),
+                "num_workers": 0,
+            }
+            from ..train.seeding import resolve_device
+
+            resolve_device(settings["device"])
+        except (ValueError, RuntimeError, TypeError) as exc:
+            notify(f"Cannot train: {exc}", "error")
+            return None
+        self.task, self.settings = task, settings
+        self.plot.clear()
+        self.progress.max = settings["epochs"] * settings["steps_per_epoch"]
+        self.progress.value = 0
+        self.status.value = "simulating the validation set..."
+        self._stop_flag = StopFlag()
+        worker = create_worker(train_events, task, self._stop_flag, **settings, _start_thread=False)
+        worker.yielded.connect(self._on_event)
+        worker.returned.connect(self._on_done)
+        worker.errored.connect(lambda exc: notify(f"Training failed: {exc}", "error"))
+        worker.finished.connect(self._finished)
+        self.worker = worker
+        self.train_btn.enabled = False
+        self.stop_btn.enabled = True
+        worker.start()
+        return worker
+
+    def stop(self, *_):
+        """Stop after the current batch; the best checkpoint is kept."""
+        if self._stop_flag is not None:
+            self._stop_flag.stop()
+            self.status.value = "stopping after this batch..."
+
+    def _on_event(self, ev: dict) -> None:
+        self.last_event = ev
+        self.plot.add_event(ev)
+        if ev["type"] == "batch":
+            self.progress.value = min(int(ev["step"]), self.progress.max)
+            self.status.value = (
+                f"epoch {ev['epoch'] + 1}/{ev['epochs']}  loss {ev['loss']:.4g}  "
+                f"{ev['samples_per_s']:.0f} img/s  ETA {_fmt_eta(ev.get('eta_s'))}"
+            )
+        elif ev["type"] == "epoch":
+            self.status.value = (
+                f"epoch {ev['epoch'] + 1}/{ev['epochs']}  loss {ev['loss']:.4g}  "
+                f"val {ev['val_loss']:.4g}  ETA {_fmt_eta(ev.get('eta_s'))}"
+            )
+
+    def _on_done(self, result) -> None:
+        self.model, self.history = result.model, result.history
+        reason = result.history.get("reason", "completed")
+        best = result.history.get("best_val_loss")
+        self.status.value = f"{reason}: best validation loss {best:.4g}" if best is not None else reason
+        self.save_btn.enabled = True
+        notify(f"Training {reason}. The model is ready for Apply; Save bundle keeps it.")
+
+    def _finished(self):
+        self.worker = None
+        self.train_btn.enabled = True
+        self.stop_btn.enabled = False
+
+    # ------------------------------------------------------------------ results
+    def trained_bundle(self):
+        """The just-trained model as an in-memory :class:`~napari_deeptrack.io.bundle.Bundle` (or None)."""
+        from ..io.bundle import Bundle
+
+        if self.model is None or self.task is None:
+            return None
+        return Bundle(
+            model=self.model.eval(),
+            task=self.task,
+            config={"history": self.history or {}, "training": self.settings or {}},
+            path=None,
+        )
+
+    def save_bundle(self, path: str | Path | None = None) -> Path | None:
+        """Save the trained model (best checkpoint), task and history as a bundle."""
+        from ..io.bundle import save_bundle
+
+        if self.model is None:
+            notify("Train a model first.", "warning")
+            return None
+        if path is None:
+            from qtpy.QtWidgets import QFileDialog
+
+            path, _ = QFileDialog.getSaveFileName(None, "Save model bundle", "", "Bundle (*.zip)")
+            if not path:
+                return None
+        try:
+            out = save_bundle(
+                path,
+                self.model,
+                self.task,
+                self.history,
+                seed=(self.settings or {}).get("seed"),
+                training=self.settings,
+            )
+        except (ValueError, OSError) as exc:
+            notify(f"Could not save the bundle: {exc}", "error")
+            return None
+        notify(f"Bundle saved to {out}")
+        return out

@@ -1,0 +1,236 @@
+"""Probability or mask maps to detections: positions with sub-pixel accuracy, probability and area.
+
+A detection network (DeepTrack's U-Net) outputs, per pixel, the probability that the pixel lies
+within a few pixels of a particle centre. :func:`detect_from_map` turns such maps into a table with
+one row per particle: ``frame, y, x, probability, area``.
+
+Two ways to find particles:
+
+- ``method="components"`` (default): pixels above ``threshold`` are grouped into connected
+  components (8-connectivity); each component is one particle.
+- ``method="maxima"``: local maxima of the map above ``threshold``, at least ``min_distance_px``
+  apart; each maximum is one particle (separates touching disks).
+
+Sub-pixel position: the probability-weighted centroid of the particle's *support*, which is the
+component (or the window around the maximum) grown by ``support_px`` pixels into pixels whose value
+is above ``support_threshold``. Growing the region matters: a disk rendered with a soft edge has
+fractional edge pixels below the decision threshold, and leaving them out quantises the centroid
+(up to a quarter pixel for a radius-3 disk); with them the centroid is the disk centre to a few
+hundredths of a pixel.
+
+Pixel convention: the centre of the top-left pixel is (y, x) = (0, 0). All frames are processed
+together (no Python loop over frames).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from ..sim.params import check_range
+
+__all__ = ["DETECTION_COLUMNS", "as_stack", "detect_from_map", "empty_detections"]
+
+#: Columns of every detection table, in order.
+DETECTION_COLUMNS = ["frame", "y", "x", "probability", "area"]
+
+
+def empty_detections(extra: list[str] | None = None) -> pd.DataFrame:
+    """An empty detection table with the standard columns (and ``extra`` ones)."""
+    cols = DETECTION_COLUMNS + list(extra or [])
+    return pd.DataFrame({c: pd.Series(dtype="int64" if c == "frame" else "float64") for c in cols})
+
+
+def as_stack(array, name: str = "prob_map") -> tuple[np.ndarray, bool]:
+    """``[H, W]`` or ``[T, H, W]`` (numpy or torch) to a float ``[T, H, W]`` array; also whether it was 2D."""
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().numpy()
+    a = np.asarray(array)
+    if a.ndim == 2:
+        return a[None].astype(np.float64, copy=False), True
+    if a.ndim == 3:
+        return a.astype(np.float64, copy=False), False
+    raise ValueError(f"{name} must be [H, W] or [T, H, W], got shape {a.shape}")
+
+
+def _plane_structure(connectivity: int) -> np.ndarray:
+    """3D structuring element that connects pixels within a frame only (never across frames)."""
+    s2 = ndimage.generate_binary_structure(2, connectivity)
+    s = np.zeros((3, 3, 3), dtype=bool)
+    s[1] = s2
+    return s
+
+
+def _grow(labels: np.ndarray, stack: np.ndarray, support_px: float, support_threshold: float) -> np.ndarray:
+    """Grow labels by ``support_px`` px in-plane (nearest label wins) into pixels > ``support_threshold``."""
+    if support_px <= 0:
+        return labels
+    # Distance in-plane only: a huge sampling along the frame axis keeps frames apart.
+    dist, (it, iy, ix) = ndimage.distance_transform_edt(
+        labels == 0, sampling=(1e6, 1.0, 1.0), return_indices=True
+    )
+    grown = labels[it, iy, ix]
+    keep = (labels > 0) | ((dist <= support_px) & (stack > support_threshold))
+    return np.where(keep, grown, 0)
+
+
+def _table(frame, y, x, prob, area, extra: dict | None = None) -> pd.DataFrame:
+    data = {
+        "frame": np.asarray(frame, dtype=np.int64),
+        "y": np.asarray(y, dtype=np.float64),
+        "x": np.asarray(x, dtype=np.float64),
+        "probability": np.asarray(prob, dtype=np.float64),
+        "area": np.asarray(area, dtype=np.float64),
+    }
+    data.update(extra or {})
+    df = pd.DataFrame(data)
+    return df.sort_values(["frame", "y", "x"], kind="stable").reset_index(drop=True)
+
+
+def _weighted_centroids(stack: np.ndarray, support: np.ndarray, n: int, weight_floor: float):
+    """Weighted centroids (frame, y, x) of labels 1..n of ``support`` with weights ``stack - floor``."""
+    idx = np.arange(1, n + 1)
+    w = np.clip(stack - weight_floor, 0.0, None) * (support > 0)
+    t, yy, xx = np.indices(stack.shape, dtype=np.float64, sparse=True)
+    sw = ndimage.sum_labels(w, support, idx)
+    sw = np.where(sw > 0, sw, np.nan)
+    cy = ndimage.sum_labels(w * yy, support, idx) / sw
+    cx = ndimage.sum_labels(w * xx, support, idx) / sw
+    ct = ndimage.minimum(np.broadcast_to(t, stack.shape), support, idx)
+    return np.asarray(ct), np.asarray(cy), np.asarray(cx)
+
+
+def detect_from_map(
+    prob_map,
+    threshold: float = 0.5,
+    method: str = "components",
+    min_distance_px: float = 3.0,
+    min_area_px: float = 0.0,
+    support_px: float = 1.5,
+    support_threshold: float | None = None,
+    weight_floor: float = 0.0,
+    connectivity: int = 2,
+    exclude_border_px: float = 0.0,
+) -> pd.DataFrame:
+    """Detections from probability (or mask) maps.
+
+    Parameters
+    ----------
+    prob_map : array [H, W] or [T, H, W]
+        Per-pixel probability (e.g. sigmoid of the network output) or a 0/1 mask.
+    threshold : float
+        Decision threshold in (0, 1]; pixels above it belong to a particle.
+    method : {"components", "maxima"}
+        Connected components of the thresholded map, or local maxima at least ``min_distance_px``
+        apart (use "maxima" when particles touch).
+    min_distance_px : float
+        ``method="maxima"``: smallest distance between two particles; also the radius of the window
+        whose pixels form a maximum's support.
+    min_area_px : float
+        Detections whose area (pixels above ``threshold``) is smaller are dropped.
+    support_px : float
+        The region used for the centroid is grown by this many pixels (in-plane) into pixels above
+        ``support_threshold``. 0 uses only pixels above ``threshold``.
+    support_threshold : float or None
+        Lowest value of a pixel included in the centroid; default ``threshold / 10``.
+    weight_floor : float
+        Centroid weights are ``max(p - weight_floor, 0)``; a floor at the background level of a map
+        removes the pull of a uniform background towards the window centre.
+    connectivity : {1, 2}
+        Pixel connectivity of components: 1 (edges) or 2 (edges and corners).
+    exclude_border_px : float
+        Detections whose centre is closer than this to the image border are dropped.
+
+    Returns
+    -------
+    DataFrame
+        ``frame, y, x, probability, area``: frame index, centre in pixels, highest probability of
+        the detection, and its number of pixels above ``threshold``. Sorted by frame, y, x.
+    """
+    check_range("threshold", threshold, 0.0, 1.0, low_inclusive=False)
+    check_range("min_distance_px", min_distance_px, 0.0, None, low_inclusive=False)
+    check_range("support_px", support_px, 0.0, None)
+    check_range("min_area_px", min_area_px, 0.0, None)
+    if method not in ("components", "maxima"):
+        raise ValueError(f"method must be 'components' or 'maxima', got {method!r}")
+    if connectivity not in (1, 2):
+        raise ValueError(f"connectivity must be 1 or 2, got {connectivity}")
+    stack, _ = as_stack(prob_map)
+    if not np.isfinite(stack).all():
+        raise ValueError("prob_map contains NaN or infinite values")
+    support_threshold = threshold / 10.0 if support_threshold is None else float(support_threshold)
+    above = stack > threshold
+    if method == "components":
+        labels, n = ndimage.label(above, structure=_plane_structure(connectivity))
+        if n == 0:
+            return empty_detections()
+        idx = np.arange(1, n + 1)
+        area = ndimage.sum_labels(above, labels, idx)
+        prob = ndimage.maximum(stack, labels, idx)
+        seeds = labels
+    else:
+        seeds, n, prob = _maxima_seeds(stack, above, float(min_distance_px))
+        if n == 0:
+            return empty_detections()
+        # a maximum's own region: pixels above threshold within min_distance_px of it
+        dist, (it, iy, ix) = ndimage.distance_transform_edt(
+            seeds == 0, sampling=(1e6, 1.0, 1.0), return_indices=True
+        )
+        own = np.where(above & (dist <= min_distance_px), seeds[it, iy, ix], 0)
+        idx = np.arange(1, n + 1)
+        area = ndimage.sum_labels(own > 0, own, idx)
+        seeds = own
+    support = _grow(seeds, stack, float(support_px), support_threshold)
+    frame, y, x = _weighted_centroids(stack, support, n, float(weight_floor))
+    ok = np.isfinite(y) & (area >= float(min_area_px))
+    if exclude_border_px > 0:
+        h, w = stack.shape[1:]
+        b = float(exclude_border_px)
+        ok &= (y >= b - 0.5) & (y <= h - 0.5 - b) & (x >= b - 0.5) & (x <= w - 0.5 - b)
+    return _table(frame[ok], y[ok], x[ok], np.asarray(prob)[ok], np.asarray(area)[ok])
+
+
+def _maxima_seeds(stack: np.ndarray, above: np.ndarray, min_distance: float):
+    """Label local maxima (plateaus count once) of a [T, H, W] stack above threshold."""
+    r = int(np.floor(min_distance))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    disk = (yy * yy + xx * xx) <= min_distance * min_distance
+    footprint = disk[None]
+    local_max = stack == ndimage.maximum_filter(stack, footprint=footprint, mode="constant", cval=-np.inf)
+    peaks = local_max & above
+    labels, n = ndimage.label(peaks, structure=_plane_structure(2))
+    if n == 0:
+        return labels, 0, np.zeros(0)
+    idx = np.arange(1, n + 1)
+    prob = np.asarray(ndimage.maximum(stack, labels, idx))
+    # Plateau maxima closer than min_distance (e.g. two flat tops of one disk): keep the first.
+    t, cy, cx = (np.asarray(c) for c in zip(*ndimage.center_of_mass(peaks, labels, idx), strict=True))
+    pts = np.stack([t * 1e6, cy, cx], axis=1)
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(pts)
+    pairs = tree.query_pairs(min_distance - 1e-9, output_type="ndarray")
+    if len(pairs):
+        order = np.lexsort((-np.arange(n), prob))[::-1]  # rank by probability, then first index
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n)
+        drop = np.zeros(n, dtype=bool)
+        # greedy suppression in rank order
+        nbrs: list[list[int]] = [[] for _ in range(n)]
+        for a, b in pairs:
+            nbrs[a].append(b)
+            nbrs[b].append(a)
+        for i in order:
+            if drop[i]:
+                continue
+            for j in nbrs[i]:
+                if rank[j] > rank[i]:
+                    drop[j] = True
+        keep = ~drop
+        remap = np.zeros(n + 1, dtype=np.int64)
+        remap[1:][keep] = np.arange(1, keep.sum() + 1)
+        labels = remap[labels]
+        prob = prob[keep]
+        n = int(keep.sum())
+    return labels, n, prob

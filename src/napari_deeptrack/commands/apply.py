@@ -1,0 +1,144 @@
+"""``napari-deeptrack apply BUNDLE IMAGE --out results.csv``: run a trained model on images.
+
+IMAGE is a TIFF stack, a PNG/TIFF file or a folder of frames (sorted by name). The results CSV has
+one row per detection: ``frame, y, x`` in pixels of the input, then ``z_um`` and other properties
+where the task gives them, ``probability``, and ``track_id`` with ``--link``. Counting tasks also
+write ``counts.csv`` (``frame,count``) next to the results; ``--labels-out`` writes instance labels
+(segmentation) as a TIFF. A JSON summary goes to standard output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "apply",
+        help="run a trained model bundle on images and write a results CSV",
+        description="Apply a trained bundle to a TIFF stack, an image file or a folder of frames.",
+    )
+    p.add_argument("bundle", help="model bundle (folder or .zip) from `napari-deeptrack train`")
+    p.add_argument("image", help="TIFF stack, PNG/TIFF file or folder of frames")
+    p.add_argument("--out", required=True, metavar="RESULTS.csv", help="results CSV")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help="detection threshold in (0, 1] (default: the task's)",
+    )
+    p.add_argument("--link", action="store_true", help="link detections over frames into tracks (trackpy)")
+    p.add_argument("--search-range-px", type=float, default=None, help="linking search range in pixels")
+    p.add_argument("--memory", type=int, default=0, help="frames a particle may vanish and keep its track")
+    p.add_argument("--labels-out", default=None, metavar="LABELS.tif", help="instance labels (segmentation)")
+    p.add_argument(
+        "--counts-out",
+        default=None,
+        metavar="COUNTS.csv",
+        help="counts per frame (default for counting tasks: counts.csv next to --out)",
+    )
+    p.add_argument(
+        "--pixel-size-um",
+        type=float,
+        default=None,
+        metavar="P",
+        help="pixel size of IMAGE in um (default: from the file, else the bundle's)",
+    )
+    p.add_argument(
+        "--frame-interval-s",
+        type=float,
+        default=None,
+        metavar="DT",
+        help="time between frames; with --link gives diffusion coefficients",
+    )
+    p.add_argument("--channel", default=None, help="colour images: channel to use (r, g, b or 0, 1, 2)")
+    p.add_argument("--batch-size", type=int, default=8, help="frames per forward pass (default 8)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    return p
+
+
+def _finite(x):
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def run(args) -> int:
+    from ..analysis.apply import predict
+    from ..io.bundle import load_bundle
+    from ..io.images import read_images
+    from ..io.tables import write_counts_csv, write_results_csv
+
+    if args.threshold is not None and not 0 < args.threshold <= 1:
+        raise ValueError(f"--threshold must lie in (0, 1], got {args.threshold}")
+    for name in ("pixel_size_um", "frame_interval_s", "search_range_px"):
+        v = getattr(args, name)
+        if v is not None and not v > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {v}")
+    if args.memory < 0:
+        raise ValueError(f"--memory must be >= 0, got {args.memory}")
+    bundle = load_bundle(args.bundle, device=args.device)
+    images, meta = read_images(args.image, channel=args.channel)
+    for note in meta["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    px = args.pixel_size_um or meta.get("pixel_size_um")
+    trained_px = float(bundle.task.pixel_size_um)
+    if px and abs(float(px) - trained_px) > 0.05 * trained_px:
+        print(
+            f"warning: image pixel size {float(px):.4g} um differs from the model's {trained_px:.4g} um; "
+            "positions are in pixels of the input, but accuracy may suffer (resample or retrain)",
+            file=sys.stderr,
+        )
+    res = predict(
+        bundle,
+        images,
+        threshold=args.threshold,
+        batch_size=args.batch_size,
+        device=args.device,
+        link=args.link,
+        search_range_px=args.search_range_px,
+        memory=args.memory,
+        pixel_size_um=px or trained_px,
+        frame_interval_s=args.frame_interval_s,
+    )
+    out = write_results_csv(res.detections, args.out)
+    summary: dict = {
+        "task": bundle.task.name,
+        "kind": res.kind,
+        "frames": int(images.shape[0]),
+        "detections": int(len(res.detections)),
+        "results": str(out),
+    }
+    counts_path = args.counts_out
+    if counts_path is None and res.kind == "counting":
+        counts_path = Path(args.out).with_name("counts.csv")
+    if counts_path is not None and res.counts is not None:
+        summary["counts"] = str(write_counts_csv(res.counts, counts_path))
+        summary["mean_count"] = float(np.mean(res.counts))
+    if args.labels_out:
+        if res.labels is None:
+            raise ValueError(f"--labels-out: the {res.kind} task produces no instance labels")
+        from ..io.tiff import write_tiff
+
+        lab = res.labels.astype(np.uint16 if res.labels.max(initial=0) < 65536 else np.int32)
+        summary["labels"] = str(write_tiff(args.labels_out, lab, pixel_size_um=px))
+    if args.link and "track_id" in res.detections:
+        summary["tracks"] = int(res.detections["track_id"].nunique())
+        if res.diffusion is not None:
+            tracks_path = Path(args.out).with_name(Path(args.out).stem + "_tracks.csv")
+            res.diffusion["per_track"].to_csv(tracks_path, index=False, float_format="%.6g")
+            summary["diffusion_um2_s"] = _finite(res.diffusion["ensemble"]["diffusion_um2_s"])
+            summary["tracks_table"] = str(tracks_path)
+    if res.track_properties is not None:
+        props_path = Path(args.out).with_name(Path(args.out).stem + "_properties.csv")
+        res.track_properties.to_csv(props_path, index=False, float_format="%.6g")
+        summary["properties_table"] = str(props_path)
+    print(json.dumps(summary))
+    return 0

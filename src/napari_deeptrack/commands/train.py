@@ -1,0 +1,167 @@
+"""``napari-deeptrack train PRESET|TASK.json|BUNDLE --out BUNDLE [options]``: train on simulated data.
+
+Options override the task's training settings. ``--set KEY=VALUE`` (repeatable) edits any task field
+by a dotted key; VALUE is JSON when it parses as JSON, else a string. Examples::
+
+    --set training.lr=3e-4                         # learning rate
+    --set training.num_workers=2                   # simulate in 2 worker processes
+    --set pipeline.image_shape=[32,32]             # training crop size
+    --set pipeline.particles.0.count=5             # particles per image (first population)
+    --set 'pipeline.particles.0.intensity={"type": "Uniform", "low": 100, "high": 400}'
+    --set loss.pos_weight=[[0,10.0],[0.1,1.0]]     # BCE positive weight schedule
+    --set postprocess.threshold=0.6
+
+The bundle at ``--out`` is rewritten (atomically) whenever the validation loss improves; Ctrl-C
+stops after the current batch and keeps the best checkpoint (press twice to abort).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+__all__ = ["add_parser", "parse_assignments", "run"]
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "train",
+        help="train a model on simulated data and save a bundle",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "task", help="preset name, task JSON file (see 'presets NAME') or a bundle (uses its task)"
+    )
+    p.add_argument("--out", required=True, help="bundle to write: a folder, or a file ending in .zip")
+    p.add_argument("--epochs", type=int, help="number of epochs")
+    p.add_argument("--steps-per-epoch", type=int, help="optimiser steps (batches) per epoch")
+    p.add_argument("--batch-size", type=int, help="images per batch")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--seed", type=int, help="root seed (training batches, validation set, weights)")
+    p.add_argument("--num-workers", type=int, help="DataLoader processes simulating training batches")
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (reproducible)")
+    p.add_argument("--init", help="bundle to start from (fine-tuning / transfer learning)")
+    p.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="edit a task field by dotted key (repeatable), e.g. training.lr=1e-3",
+    )
+    p.add_argument(
+        "--match",
+        metavar="IMAGE",
+        help="calibrate the simulation to a real image first (analysis.calibrate.match_pipeline)",
+    )
+    p.add_argument(
+        "--pixel-size-um", type=float, help="pixel size of the --match image (default: from the file)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def parse_assignments(items: list[str]) -> dict:
+    """``["a.b=1", "c=text"]`` -> ``{"a.b": 1, "c": "text"}`` (values parsed as JSON when possible)."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[key.strip()] = value
+    return out
+
+
+def _match(task, image_path: str, pixel_size_um: float | None):
+    try:
+        from ..analysis.calibrate import match_pipeline
+    except ImportError:
+        match_pipeline = None
+    if match_pipeline is None:
+        raise ValueError(
+            "--match needs napari_deeptrack.analysis.calibrate.match_pipeline, which this installation "
+            "does not provide yet"
+        )
+    import numpy as np
+
+    path = Path(image_path)
+    if not path.exists():
+        raise FileNotFoundError(f"--match image {path} does not exist")
+    if path.suffix.lower() in (".tif", ".tiff"):
+        from ..io.tiff import read_tiff
+
+        image, meta = read_tiff(path)
+        pixel_size_um = pixel_size_um or meta.get("pixel_size_um")
+    elif path.suffix.lower() == ".npy":
+        image = np.load(path, allow_pickle=False)
+    else:
+        raise ValueError(f"--match reads .tif/.tiff or .npy images, got {path.name}")
+    pixel_size_um = float(pixel_size_um or task.pixel_size_um)
+    result = match_pipeline(task.pipeline, image, pixel_size_um)
+    pipeline = result[0] if isinstance(result, tuple) else result
+    return task.edited({"pipeline": pipeline, "pixel_size_um": pixel_size_um})
+
+
+def run(args) -> int:
+    from ..tasks import load_task
+    from ..train import ProgressBar, StopFlag, train_task
+
+    task = load_task(args.task)
+    if args.assignments:
+        task = task.edited(parse_assignments(args.assignments))
+    if args.match:
+        task = _match(task, args.match, args.pixel_size_um)
+    stop = StopFlag()
+
+    def on_sigint(signum, frame):
+        if stop:
+            raise KeyboardInterrupt
+        print("\nstopping after this batch (Ctrl-C again to abort)...", file=sys.stderr)
+        stop.stop()
+
+    previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+    try:
+        result = train_task(
+            task,
+            args.out,
+            epochs=args.epochs,
+            steps_per_epoch=args.steps_per_epoch,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            device=args.device,
+            seed=args.seed,
+            num_workers=args.num_workers,
+            deterministic=True if args.deterministic else None,
+            init=args.init,
+            callbacks=[] if args.quiet else [ProgressBar()],
+            stop_flag=stop,
+        )
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    h = result.history
+    if result.bundle_path is None or "best_epoch" not in h:
+        print("no checkpoint was saved (training stopped before the first validation)", file=sys.stderr)
+        return 1
+    i = h["epoch"].index(h["best_epoch"])
+    extra = "".join(f", {k}={h[k][i]:.4g}" for k in ("rmse_px",) if k in h)
+    print(
+        f"saved {result.bundle_path} (best epoch {h['best_epoch'] + 1}/{len(h['epoch'])}, "
+        f"val_loss={h['val_loss'][i]:.4g}{extra}; {h['reason']})"
+    )
+    return 0
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

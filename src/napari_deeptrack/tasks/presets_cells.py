@@ -1,0 +1,238 @@
+"""Presets for stained nuclei in widefield fluorescence: ``cells-count`` (paper IV.6) and ``nuclei-segment``.
+
+The simulation is matched to the BBBC039 U2OS Hoechst images the case study evaluates on (measured on
+the 10 development images in ``shared/data/bbbc039_dev``, see ``docs/case_studies.md``):
+
+- nuclei: equivalent radius 14.4 px median (5-95 %: 13-19 px for whole nuclei), eccentricity about
+  0.77 (axis ratio 0.64, i.e. a second-harmonic outline amplitude of about 0.2), fairly uniform inside;
+- 49-137 nuclei per 520 x 696 image, i.e. 2-6 per 128 x 128 crop on average, up to ~14 where they cluster;
+- background about 150 grey values, pixel noise sigma about 4.2 (calibrate.estimate_statistics: about
+  9 photons per grey value, so a background of ~1300 photons/px), nuclei 200-850 grey values above it.
+
+The pixel size is not recorded in the files; we assume 0.65 um/px (a 10x-20x widefield screen with a
+6.5 um camera pixel) and a 0.45 NA objective at Hoechst's 0.46 um emission. At that sampling the PSF is
+smaller than a pixel and ~30x smaller than a nucleus, so the images hardly depend on the optics; the
+PSF is sampled at pixel centres (``oversample=1``) for speed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..sim import (
+    Background,
+    CellBody,
+    DensityMap,
+    Fluorescence,
+    IntUniform,
+    LogUniform,
+    Normal,
+    Particles,
+    Pipeline,
+    Poisson,
+    Uniform,
+)
+from ..sim.params import check_range
+from ..sim.pipeline import Target
+from ..sim.scene import Scene
+from ..sim.serialize import register
+from ..sim.targets import in_frame
+from .base import Task
+from .registry import register_preset
+
+__all__ = [
+    "CELLS_PIXEL_SIZE_UM",
+    "CellBodyClasses",
+    "CentredDensityMap",
+    "cells_count",
+    "cells_pipeline",
+    "nuclei_segment",
+]
+
+CELLS_PIXEL_SIZE_UM = 0.65
+PERCENTILE = {"mode": "percentile", "low": 1.0, "high": 99.8}
+
+
+@register
+@dataclass
+class CentredDensityMap(Target):
+    """Density map ``[B, 1, H, W]`` that counts exactly the nuclei whose centre lies in the frame.
+
+    Each nucleus centred in the frame adds a Gaussian of ``sigma_px`` normalised over the frame (so it
+    counts 1 however much of it is cut off); nuclei centred outside the frame add nothing, even when
+    part of them is visible. The integral is then :class:`~napari_deeptrack.sim.Counts`, the rule used
+    to count real tiles (a nucleus belongs to the tile holding its centroid), so counts of the tiles of
+    an image add up to the image's count. (``DensityMap(normalize="frame")`` would add the visible
+    fraction of the Gaussians of nuclei centred outside: about +0.5 nuclei per 128 x 128 tile here.)
+
+    ``scale`` multiplies the map (its integral is ``scale`` x count): a 10-px Gaussian peaks at 1.6e-3,
+    too small for a network to reproduce its zero background precisely enough that 16 000 background
+    pixels add up to much less than one nucleus; ``scale = 100`` brings the peak to 0.16. Divide
+    integrals by ``scale`` to get counts.
+    """
+
+    sigma_px: float = 10.0
+    scale: float = 1.0
+
+    def __post_init__(self):
+        DensityMap(sigma_px=self.sigma_px)  # validates sigma_px
+        check_range("scale", self.scale, 0.0, None, low_inclusive=False)
+
+    def __call__(self, scene: Scene) -> torch.Tensor:
+        inside = in_frame(scene.position[..., :2], scene.image_shape)
+        dens = DensityMap(sigma_px=self.sigma_px, normalize="frame")(
+            replace(scene, present=scene.present & inside)
+        )
+        return dens * float(self.scale)
+
+
+@register
+@dataclass
+class CellBodyClasses(Target):
+    """Three-class map ``[B, 1, H, W]`` int64 of :class:`~napari_deeptrack.sim.CellBody` nuclei:
+    0 background, 1 nucleus interior, 2 nucleus boundary (the outer ``boundary_px`` of each nucleus,
+    and every pixel where two nuclei touch), the usual target for separating touching nuclei.
+
+    The outline is the cell body's own ``r(theta)`` (``outline_radius_um``), evaluated on a patch
+    grid centred on each nucleus's nearest pixel (so the outline is exact to half a pixel).
+
+    Parameters
+    ----------
+    cell : CellBody
+        The pipeline's cell body scatterer (its outline parameters).
+    pixel_size_um : float
+        Sample-plane pixel size.
+    boundary_px : float
+        Width of the boundary class inside the outline.
+    """
+
+    cell: CellBody
+    pixel_size_um: float = 0.65
+    boundary_px: float = 2.0
+
+    def __post_init__(self):
+        check_range("pixel_size_um", self.pixel_size_um, 0.0, None, low_inclusive=False)
+        check_range("boundary_px", self.boundary_px, 0.0, None)
+
+    def __call__(self, scene: Scene) -> torch.Tensor:
+        h, w = scene.image_shape
+        bsz, dev = scene.batch_size, scene.device
+        out = torch.zeros(bsz, 1, h, w, dtype=torch.int64, device=dev)
+        b, n = torch.nonzero(scene.present, as_tuple=True)
+        if b.numel() == 0:
+            return out
+        px = float(self.pixel_size_um)
+        k = self.cell.n_harmonics
+        extent = scene.radius_um[b, n] * (1 + scene.attributes["shape_coeffs"][b, n, :k].abs().sum(-1))
+        half = int(torch.ceil(extent.max() / px).item()) + 2
+        off = torch.arange(-half, half + 1, device=dev, dtype=torch.float32)
+        dy, dx = off[:, None].expand(-1, off.numel()), off[None, :].expand(off.numel(), -1)
+        theta = torch.atan2(dy, dx)
+        r_px = torch.sqrt(dy**2 + dx**2)
+        edge_px = self.cell.outline_radius_um(scene, b, n, theta) / px  # [M, P, P]
+        inside = r_px[None] <= edge_px
+        core = r_px[None] <= edge_px - float(self.boundary_px)
+        cy = torch.round(scene.position[b, n, 0]).long()
+        cx = torch.round(scene.position[b, n, 1]).long()
+        iy = cy[:, None, None] + off.long()[None, :, None]
+        ix = cx[:, None, None] + off.long()[None, None, :]
+        ok = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+        flat = (b[:, None, None] * h + iy.clamp(0, h - 1)) * w + ix.clamp(0, w - 1)
+        n_cover = torch.zeros(bsz * h * w, device=dev)
+        n_core = torch.zeros(bsz * h * w, device=dev)
+        n_cover.index_add_(0, flat[inside & ok], torch.ones(int((inside & ok).sum()), device=dev))
+        n_core.index_add_(0, flat[core & ok], torch.ones(int((core & ok).sum()), device=dev))
+        cls = torch.where(n_cover > 0, torch.full_like(n_cover, 2), torch.zeros_like(n_cover))
+        cls = torch.where((n_core > 0) & (n_cover == 1), torch.ones_like(cls), cls)  # touching -> boundary
+        return cls.long().reshape(bsz, 1, h, w)
+
+
+def cells_pipeline(image_shape: tuple[int, int] = (128, 128), max_count: int = 14, targets=None) -> Pipeline:
+    """Simulated Hoechst-stained U2OS nuclei (see the module docstring for the numbers it matches)."""
+    px = CELLS_PIXEL_SIZE_UM
+    return Pipeline(
+        image_shape=image_shape,
+        particles=[
+            Particles(
+                CellBody(
+                    radius_px=Normal(14.5, 2.5, low=8.0, high=22.0),
+                    pixel_size_um=px,
+                    irregularity=0.35,
+                    n_harmonics=3,
+                    texture=0.15,
+                    texture_scale_um=1.5,
+                    edge_um=0.8,
+                ),
+                count=IntUniform(0, max_count),
+                # photons per nucleus: ~1500-6000 photons/px above background over ~660 px
+                intensity=LogUniform(1.0e6, 4.0e6),
+                margin_px=-12.0,  # nuclei cut by the border, as in crops of real images
+            )
+        ],
+        optics=Fluorescence(NA=0.45, wavelength_um=0.46, pixel_size_um=px, oversample=1),
+        transforms=[Background(level=LogUniform(700.0, 2500.0), gradient=Uniform(0.0, 0.3)), Poisson()],
+        targets=dict(targets or {}),
+        min_distance_px=20.0,
+    )
+
+
+@register_preset("cells-count")
+def cells_count() -> Task:
+    """U-Net density-map counting of fluorescent nuclei (DeepTrack 2.0 paper, section IV.6)."""
+    sigma_px, scale = 10.0, 100.0
+    return Task(
+        name="cells-count",
+        kind="counting",
+        description=(
+            "Count stained nuclei (e.g. Hoechst / DAPI, widefield) in images of any size. A U-Net "
+            f"maps the image to a density map in which every nucleus is a Gaussian of {sigma_px:g} px "
+            "whose values sum to one, so the integral over any region is the number of nuclei "
+            "centred in it. Trained only on simulated nuclei (radius 8-22 px, 0-14 per 128x128 "
+            f"crop, {CELLS_PIXEL_SIZE_UM} um/px); rescale images whose nuclei are much smaller or "
+            "larger than ~15 px in radius."
+        ),
+        pipeline=cells_pipeline(targets={"density": CentredDensityMap(sigma_px=sigma_px, scale=scale)}),
+        target="density",
+        # ReLU output: the background of a density map is exactly zero
+        model={
+            "type": "UNet",
+            "in_channels": 1,
+            "out_channels": 1,
+            "depth": 3,
+            "base_channels": 16,
+            "output_activation": "relu",
+        },
+        loss={"type": "mae"},
+        input_normalization=dict(PERCENTILE),
+        postprocess={"activation": "none", "sigma_px": sigma_px, "density_scale": scale},
+        pixel_size_um=CELLS_PIXEL_SIZE_UM,
+        training={"epochs": 40, "steps_per_epoch": 50, "batch_size": 8, "lr": 1e-3, "validation_size": 64},
+    )
+
+
+@register_preset("nuclei-segment")
+def nuclei_segment() -> Task:
+    """U-Net segmentation of nuclei (background / interior / boundary) trained on simulated nuclei."""
+    pipeline = cells_pipeline()
+    cell = pipeline.particles[0].scatterer
+    pipeline.targets = {"classes": CellBodyClasses(cell=cell, pixel_size_um=CELLS_PIXEL_SIZE_UM)}
+    return Task(
+        name="nuclei-segment",
+        kind="segmentation",
+        description=(
+            "Segment stained nuclei in widefield fluorescence images into instances. A U-Net "
+            "classifies every pixel as background, nucleus interior or nucleus boundary (2 px); "
+            "instances are the connected interiors grown back over the boundary. Trained only on "
+            f"simulated nuclei (radius 8-22 px, {CELLS_PIXEL_SIZE_UM} um/px), as for cells-count."
+        ),
+        pipeline=pipeline,
+        target="classes",
+        model={"type": "UNet", "in_channels": 1, "out_channels": 3, "depth": 3, "base_channels": 16},
+        loss={"type": "ce", "class_weight": [1.0, 1.0, 3.0]},
+        input_normalization=dict(PERCENTILE),
+        postprocess={"activation": "softmax", "threshold": 0.5, "interior_class": 1, "boundary_class": 2},
+        pixel_size_um=CELLS_PIXEL_SIZE_UM,
+        training={"epochs": 40, "steps_per_epoch": 50, "batch_size": 8, "lr": 1e-3, "validation_size": 64},
+    )

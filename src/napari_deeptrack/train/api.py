@@ -1,0 +1,180 @@
+"""One call that trains a task: :func:`train_task` (used by the command line and the napari widget).
+
+It builds the model (or starts from a bundle for fine-tuning), simulates the validation set once
+from a separate seed, streams training batches from an :class:`~.data.OnlineDataset` (or any dataset
+of real images), runs the :class:`~.trainer.Trainer`, and saves the best checkpoint as a bundle
+whenever the validation loss improves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data import OnlineDataset, ValidationSet, make_validation_set
+from .events import Callback, StopFlag
+from .seeding import INIT_STREAM, derive_seed
+from .trainer import Trainer
+
+__all__ = ["TrainResult", "default_metrics", "train_task"]
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_task` returns: the model (best weights), history, bundle path, validation set."""
+
+    model: torch.nn.Module
+    history: dict[str, Any]
+    bundle_path: Path | None
+    validation: ValidationSet
+    settings: dict[str, Any]
+
+
+def localization_metrics(pred: torch.Tensor, val: ValidationSet) -> dict[str, float]:
+    """RMSE of the predicted (y, x) in pixels: radial ``sqrt(mean(dy^2 + dx^2))`` and per axis."""
+    t = val.targets.to(pred.dtype).reshape(pred.shape)
+    d = pred[:, :2] - t[:, :2]
+    return {
+        "rmse_px": float(d.pow(2).sum(1).mean().sqrt()),
+        "rmse_y_px": float(d[:, 0].pow(2).mean().sqrt()),
+        "rmse_x_px": float(d[:, 1].pow(2).mean().sqrt()),
+    }
+
+
+def default_metrics(task) -> Any:
+    """Validation metrics recorded for a task kind (None when there is no cheap generic one)."""
+    if task.kind == "localization":
+        return localization_metrics
+    return None
+
+
+def train_task(
+    task,
+    out: str | Path | None = None,
+    *,
+    epochs: int | None = None,
+    steps_per_epoch: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    device: str = "auto",
+    seed: int | None = None,
+    num_workers: int | None = None,
+    deterministic: bool | None = None,
+    init: str | Path | None = None,
+    model: torch.nn.Module | None = None,
+    train_data=None,
+    validation: ValidationSet | None = None,
+    callbacks: Sequence[Callback] = (),
+    stop_flag: StopFlag | None = None,
+    metrics=None,
+) -> TrainResult:
+    """Train ``task`` and (when ``out`` is given) save the best checkpoint as a bundle there.
+
+    Parameters
+    ----------
+    task : Task
+        What to train (see :func:`napari_deeptrack.tasks.get_preset`).
+    out : path, optional
+        Bundle folder or ``.zip``; rewritten atomically whenever the validation loss improves, so after
+        a Stop or a crash it holds the best checkpoint so far.
+    epochs, steps_per_epoch, batch_size, lr, seed, num_workers, deterministic
+        Override the task's training settings (``None`` keeps them).
+    device : str
+        ``auto``, ``cpu``, ``cuda``, ``mps``.
+    init : path, optional
+        Bundle to start from (fine-tuning / transfer learning); its model config and weights are used.
+    model : torch.nn.Module, optional
+        A user's own module instead of ``task.model``.
+    train_data : iterable, optional
+        Training batches instead of the online simulation (e.g. an :class:`~.data.ArrayDataset`).
+    validation : ValidationSet, optional
+        Instead of simulating one.
+    callbacks, stop_flag, metrics
+        See :class:`~.trainer.Trainer`; ``metrics`` defaults to :func:`default_metrics`.
+    """
+    from ..io.bundle import load_bundle, save_bundle
+    from ..nn import build_model
+
+    s = task.training_settings(
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        num_workers=num_workers,
+        deterministic=deterministic,
+    )
+    seed = int(s["seed"])
+    if model is None and init is not None:
+        model = load_bundle(init).model
+        model.train()
+    if model is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, INIT_STREAM))
+            model = build_model(task.model)
+    if validation is None:
+        validation = make_validation_set(
+            task.pipeline, task.target, int(s["validation_size"]), seed, task.input_normalization
+        )
+    if train_data is None:
+        train_data = OnlineDataset(
+            task.pipeline,
+            task.target,
+            batch_size=int(s["batch_size"]),
+            steps_per_epoch=int(s["steps_per_epoch"]),
+            epochs=int(s["epochs"]),
+            seed=seed,
+            normalization=task.input_normalization,
+            replay_max_uses=int(s["replay_max_uses"]),
+            replay_capacity=int(s["replay_capacity"]),
+        )
+    bundle_path = Path(out) if out is not None else None
+    settings = {k: v for k, v in s.items()}
+    if init is not None:
+        settings["init"] = str(init)
+
+    def checkpoint(m: torch.nn.Module, history: dict[str, Any]) -> None:
+        if bundle_path is None:
+            return
+        last = {k: v[-1] for k, v in history.items() if isinstance(v, list) and v and k not in ("epoch",)}
+        save_bundle(bundle_path, m, task, history, seed=seed, training=settings, metrics=last)
+
+    trainer = Trainer(
+        model,
+        task.loss,
+        train_data,
+        validation,
+        epochs=int(s["epochs"]),
+        steps_per_epoch=int(s["steps_per_epoch"]),
+        optimizer=s["optimizer"],
+        lr=float(s["lr"]),
+        weight_decay=float(s["weight_decay"]),
+        lr_schedule=s["lr_schedule"],
+        grad_clip=float(s["grad_clip"]),
+        device=device,
+        callbacks=callbacks,
+        stop_flag=stop_flag,
+        early_stopping_patience=int(s["early_stopping_patience"]),
+        checkpoint=checkpoint,
+        metrics=metrics if metrics is not None else default_metrics(task),
+        seed=seed,
+        deterministic=bool(s["deterministic"]),
+        num_workers=int(s["num_workers"]),
+    )
+    history = trainer.fit()
+    if bundle_path is not None and trainer.best_state is not None:
+        # final save: same best weights, complete history (reason, epochs after the best one)
+        best_i = history["epoch"].index(trainer.best_epoch)
+        best_metrics = {
+            k: v[best_i]
+            for k, v in history.items()
+            if isinstance(v, list) and len(v) == len(history["epoch"]) and k != "epoch"
+        }
+        save_bundle(
+            bundle_path, trainer.model, task, history, seed=seed, training=settings, metrics=best_metrics
+        )
+    return TrainResult(trainer.model.to("cpu").eval(), history, bundle_path, validation, settings)
