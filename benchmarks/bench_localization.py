@@ -232,7 +232,7 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=1000, help="test crops per photon count")
     ap.add_argument("--n-tune", type=int, default=300, help="crops for tuning the classical methods")
     ap.add_argument("--spread-px", type=float, default=1.5, help="particle within this of the crop centre")
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--steps", type=int, default=100, help="steps per epoch")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-minutes", type=float, default=10.0, help="training time budget")

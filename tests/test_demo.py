@@ -12,7 +12,7 @@ from napari_deeptrack.demo import demo_settings, simulate_movie, tracking_metric
 from napari_deeptrack.io.tiff import read_tiff
 from napari_deeptrack.report import jsonable, plot_overlay, write_report
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 
 @pytest.mark.slow
@@ -23,17 +23,18 @@ def test_quick_demo_cli_reaches_f1_floor_and_writes_report(tmp_path, capsys):
     text = captured.out
     assert "F1" in text and "D measured" in text and str(out / "report.md") in text
     assert "[1/6] simulating" in captured.err and "[6/6] writing the report" in captured.err
-    assert "epoch 4/4" in captured.err  # the training progress
+    assert "epoch 6/6" in captured.err  # the training progress
 
     stored = json.loads((out / "metrics.json").read_text())
     m = stored["metrics"]
     det = m["detection"]
-    # quick setting measured F1 0.981 (precision 1.000, recall 0.963, RMSE 0.25 px; seed 0, 2560
-    # training images); a detector that was not trained, normalised differently from training or
-    # post-processed wrongly (e.g. merging touching particles: F1 0.92) scores lower
+    # quick setting (4800 training images) measured over seeds 0-4: F1 0.981-0.997, precision
+    # >= 0.990, recall >= 0.964, RMSE 0.20-0.33 px. A detector that was not trained (or trained
+    # too little: 2560 images gave F1 0.946 for seed 1), normalised differently from training or
+    # post-processed wrongly (merging touching particles: F1 0.92) scores lower
     assert det["f1"] >= 0.95, det
     assert det["precision"] >= 0.95 and det["recall"] >= 0.93, det
-    assert det["rmse_xy"] < 0.4, det  # px
+    assert det["rmse_xy"] < 0.45, det  # px
     # no systematic offset: a half-pixel convention error between truth and detections shows here
     assert abs(det["mean_dy"]) < 0.15 and abs(det["mean_dx"]) < 0.15, det
     assert det["n_truth"] > 500 and det["tp"] + det["fn"] == det["n_truth"]
@@ -44,7 +45,7 @@ def test_quick_demo_cli_reaches_f1_floor_and_writes_report(tmp_path, capsys):
     assert dif["true_um2_s"] == pytest.approx(0.1)
     assert dif["measured_um2_s"] == pytest.approx(dif["from_true_tracks_um2_s"], rel=0.1)
     assert dif["measured_um2_s"] == pytest.approx(dif["true_um2_s"], rel=0.35)
-    assert m["training"]["epochs_run"] == 4 and stored["config"]["settings"]["quick"] is True
+    assert m["training"]["epochs_run"] == 6 and stored["config"]["settings"]["quick"] is True
 
     for name in ("report.md", "metrics.json", "overlay.png", "loss_curve.png", "tracks.png", "msd.png",
                  "movie.tif", "truth.csv", "detections.csv", "tracks.csv", "model/config.json",

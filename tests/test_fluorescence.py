@@ -96,8 +96,7 @@ def test_flux_equals_photon_count():
     img = render_one(optics, 31.3, 32.6, 1.0, intensity=1000.0)  # defocused: still 1000 photons
     assert float(img.sum()) == pytest.approx(1000.0, rel=0.01)
     # coarse pixels (undersampled camera, oversampled rendering): flux still conserved
-    with pytest.warns(UserWarning, match="Nyquist"):
-        coarse = Fluorescence(NA=1.3, wavelength_um=0.6, pixel_size_um=0.3)
+    coarse = Fluorescence(NA=1.3, wavelength_um=0.6, pixel_size_um=0.3)  # no aliasing warning: oversampled
     assert coarse.oversample_factor == 3
     assert float(render_one(coarse, 20.4, 19.8, 0.2, (40, 40)).sum()) == pytest.approx(1000.0, rel=0.01)
 
@@ -259,11 +258,20 @@ def test_bad_distribution_and_small_image_raise():
 
 
 def test_aliasing_warns_and_fine_sampling_does_not():
+    # rendering on pixel centres of a coarse camera aliases the PSF
     with pytest.warns(UserWarning, match="Nyquist"):
-        Fluorescence(NA=1.4, wavelength_um=0.5, pixel_size_um=0.16, refractive_index_medium=1.515)
+        Fluorescence(NA=1.4, wavelength_um=0.5, pixel_size_um=0.16, refractive_index_medium=1.515,
+                     oversample=1)
+    with pytest.warns(UserWarning, match="oversample >= 2"):
+        Fluorescence(NA=1.4, wavelength_um=0.5, pixel_size_um=0.16, refractive_index_medium=1.515,
+                     oversample=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Fluorescence(NA=1.4, wavelength_um=0.5, pixel_size_um=0.08, refractive_index_medium=1.515)
+        # a coarse camera is fine when the renderer oversamples and integrates over pixels
+        Fluorescence(NA=1.4, wavelength_um=0.5, pixel_size_um=0.16, refractive_index_medium=1.515)
+        Fluorescence(NA=1.4, wavelength_um=0.5, pixel_size_um=0.16, refractive_index_medium=1.515,
+                     oversample=2)
 
 
 # ---------------------------------------------------------------------------- batches and round trip

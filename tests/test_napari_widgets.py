@@ -64,6 +64,8 @@ def detector_bundle():
     task = get_preset("particles-2d")
     task.training = {**task.training, "validation_size": 4, "batch_size": 2}
     task.model = {"type": "custom"}
+    # the hand-made detector expects inputs scaled to ~[0, 1] (percentile normalisation)
+    task.input_normalization = {"mode": "percentile", "low": 1.0, "high": 99.8}
     return Bundle(model=BlobDetector().eval(), task=task, config={"history": {}}, path=None)
 
 

@@ -143,3 +143,30 @@ def test_normalize_transform_equals_function_and_round_trips():
     assert torch.equal(a.image, b.image)
     raw = fluorescence_pipeline(transforms[:-1])(2, seed=4).image
     assert torch.allclose(a.image, normalize_images(raw, "percentile"), atol=1e-6)
+
+
+def test_normalize_robust_maps_background_to_zero_and_noise_to_one_whatever_the_particle_count():
+    # (added with the robust mode used by the particles-2d preset)
+    g = torch.Generator().manual_seed(0)
+    bg = 100.0 + 5.0 * torch.randn(2, 1, 128, 128, generator=g)
+    sparse, dense = bg.clone(), bg.clone()
+    sparse[1, 0, 10, 10] += 1000.0  # one bright particle
+    idx = torch.randint(0, 128, (2, 400), generator=g)
+    dense[1, 0, idx[0], idx[1]] += 1000.0  # ~2.5 % of the pixels bright
+    for x in (sparse, dense):
+        out = normalize_images(x, "robust")
+        med = out.flatten(1).median(1).values
+        assert torch.allclose(med, torch.zeros(2), atol=0.06), med
+        sd = 1.4826 * (out - med[:, None, None, None]).abs().flatten(1).median(1).values
+        assert torch.allclose(sd, torch.ones(2), atol=0.03), sd
+    # the background pixels read the same with 1 or 400 bright pixels (percentile mode differs)
+    keep = (dense[1, 0] == bg[1, 0]) & (sparse[1, 0] == bg[1, 0])
+    rs, rd = normalize_images(sparse, "robust")[1, 0], normalize_images(dense, "robust")[1, 0]
+    assert (rs - rd)[keep].abs().max() < 0.2  # vs ~4 sigma of spread: a 2.5 % contamination
+    ps, pd_ = normalize_images(sparse, "percentile")[1, 0], normalize_images(dense, "percentile")[1, 0]
+    assert (ps - pd_)[keep].abs().max() > 0.5
+    # integer counts at very low background: MAD can be 0, the result stays finite and scaled
+    low = torch.zeros(1, 1, 32, 32)
+    low[0, 0, :3] = 1.0
+    out = normalize_images(low, "robust")
+    assert torch.isfinite(out).all() and out.max() > 1.0

@@ -90,7 +90,7 @@ class DemoSettings:
     intensity_photons: tuple[float, float] = (300.0, 1500.0)
     background_photons: float = 10.0
     z_um: tuple[float, float] = (-0.2, 0.2)
-    epochs: int = 12
+    epochs: int = 16
     steps_per_epoch: int = 50
     batch_size: int = 16
     validation_size: int = 128
@@ -107,7 +107,7 @@ def demo_settings(quick: bool = False, **changes: Any) -> DemoSettings:
     """Full settings (a few minutes on 2 CPU cores) or ``quick`` ones (about a minute, for CI)."""
     s = DemoSettings()
     if quick:
-        s = replace(s, epochs=4, steps_per_epoch=40, batch_size=16, validation_size=64, quick=True)
+        s = replace(s, epochs=6, steps_per_epoch=50, batch_size=16, validation_size=64, quick=True)
     unknown = sorted(set(changes) - set(asdict(s)))
     if unknown:
         raise ValueError(f"unknown demo setting(s) {unknown}; valid settings: {sorted(asdict(s))}")
@@ -336,9 +336,10 @@ def run_demo(
     images, truth, movie = simulate_movie(s, seed)
     task = get_preset(PRESET)
     px = float(task.pixel_size_um)
-    paths: dict[str, Path] = {
-        "movie": write_tiff(out / "movie.tif", images, pixel_size_um=px),
-    }
+    # photon counts are integers after shot noise: store them as a 16-bit camera movie
+    integral = images.max() < 65536 and np.array_equal(images, np.round(images))
+    counts = images.astype(np.uint16) if integral else images
+    paths: dict[str, Path] = {"movie": write_tiff(out / "movie.tif", counts, pixel_size_um=px)}
     truth.to_csv(out / "truth.csv", index=False)
     paths["truth"] = out / "truth.csv"
     present = truth[truth["present"]].reset_index(drop=True)

@@ -53,6 +53,39 @@ def ensure_attribute(scene: Scene, name: str, trailing: tuple[int, ...] = ()) ->
     return cur
 
 
+def cell_outline_factor(shape_coeffs: torch.Tensor, theta: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+    """Relative outline radius ``1 + sum_m a_m cos(m theta + phi_m)`` of cell bodies, ``m = 2 .. K + 1``.
+
+    The one definition of the :class:`CellBody` outline, used by the renderer and by the targets.
+
+    Parameters
+    ----------
+    shape_coeffs : Tensor [*L, 2K]
+        ``scene.attributes["shape_coeffs"]`` (or an indexed part of it): K amplitudes ``a_m``, then K
+        phases ``phi_m`` (radians). Rows of zeros (non-cell particles) give 1 (a circle).
+    theta : Tensor
+        Polar angles (radians, from +x towards +y), broadcastable to ``[*L, *S]`` where ``S`` are its
+        last ``spatial_dims`` dimensions.
+    spatial_dims : int
+        Number of trailing dimensions of ``theta`` that are not particle dimensions.
+
+    Returns
+    -------
+    Tensor [*L, *S]
+    """
+    k = shape_coeffs.shape[-1] // 2
+    lead = shape_coeffs.shape[:-1]
+    if k == 0:
+        ones = torch.ones(*lead, *([1] * spatial_dims), device=theta.device, dtype=theta.dtype)
+        return ones * torch.ones_like(theta)
+    a = shape_coeffs[..., :k].reshape(*lead, *([1] * spatial_dims), k).to(theta.dtype)
+    phi = shape_coeffs[..., k : 2 * k].reshape(*lead, *([1] * spatial_dims), k).to(theta.dtype)
+    out = 1.0
+    for i in range(k):  # a few harmonics, accumulated (no [..., K] temporary); vectorised over particles
+        out = out + a[..., i] * torch.cos((i + 2) * theta + phi[..., i])
+    return out
+
+
 def _sample_index(value, shape, generator) -> torch.Tensor:
     if isinstance(value, complex):
         re = sample(value.real, shape, generator)
@@ -281,6 +314,13 @@ class CellBody(Scatterer):
         m = torch.arange(2, k + 2, device=dev, dtype=torch.float32)
         amp = self.irregularity * (2 * torch.rand(b, n, k, generator=generator, device=dev) - 1) / (m - 1)
         phs = 2 * math.pi * torch.rand(b, n, k, generator=generator, device=dev)
+        cur = scene.attributes.get("shape_coeffs")
+        if cur is not None and cur.shape[-1] != 2 * k:
+            raise ValueError(
+                f"CellBody: n_harmonics={k} differs from another cell population's "
+                f"({cur.shape[-1] // 2}); all CellBody populations of a pipeline must share n_harmonics "
+                "(the scene stores one shape_coeffs layout)"
+            )
         coeffs = ensure_attribute(scene, "shape_coeffs", (2 * k,))
         coeffs[:, slots, :k] = amp
         coeffs[:, slots, k : 2 * k] = phs
@@ -296,17 +336,15 @@ class CellBody(Scatterer):
         scene.refractive_index[:, slots] = _sample_index(self.refractive_index, (b, n), generator)
 
     def outline_radius_um(self, scene: Scene, b, n, theta: torch.Tensor) -> torch.Tensor:
-        """``r(theta)`` in um for each particle, [M, *theta.shape]."""
-        k = self.n_harmonics
+        """``r(theta)`` in um for each particle, [M, *theta.shape].
+
+        ``theta`` (radians, from +x towards +y) is shared by the M particles ``(b, n)``; this is
+        the outline the renderer draws and :class:`~napari_deeptrack.sim.targets.InstanceLabels`
+        rasterises (both through :func:`cell_outline_factor`).
+        """
         nd = theta.dim()
-        coeffs = scene.attributes["shape_coeffs"][b, n]
         r0 = scene.radius_um[b, n].reshape(-1, *([1] * nd))
-        out = torch.ones(1, device=theta.device)
-        for i in range(k):  # few harmonics: loop over harmonics, vectorised over particles
-            a = coeffs[:, i].reshape(-1, *([1] * nd))
-            p = coeffs[:, k + i].reshape(-1, *([1] * nd))
-            out = out + a * torch.cos((i + 2) * theta + p)
-        return r0 * out
+        return r0 * cell_outline_factor(scene.attributes["shape_coeffs"][b, n], theta, spatial_dims=nd)
 
     def area_um2(self, scene: Scene, b, n) -> torch.Tensor:
         """Exact area enclosed by the outline, ``pi R^2 (1 + sum a_m^2 / 2)``, [M]."""
@@ -335,4 +373,13 @@ class CellBody(Scatterer):
         return inside * torch.clamp(1 + self.texture * t / math.sqrt(w / 2), min=0.05)
 
 
-__all__ = ["CellBody", "Ellipse", "Ellipsoid", "PointParticle", "Sphere", "ball_spectrum", "ensure_attribute"]
+__all__ = [
+    "CellBody",
+    "Ellipse",
+    "Ellipsoid",
+    "PointParticle",
+    "Sphere",
+    "ball_spectrum",
+    "cell_outline_factor",
+    "ensure_attribute",
+]

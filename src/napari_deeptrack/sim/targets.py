@@ -22,6 +22,7 @@ import torch
 
 from .params import check_range
 from .pipeline import Target
+from .scatterers import cell_outline_factor
 from .scene import Scene
 from .serialize import register
 
@@ -288,8 +289,9 @@ class InstanceLabels(Target):
       rotated by ``attributes["rotation_rad"]`` (angle of the x semi-axis from +x towards +y);
     - :class:`CellBody`: ``r(theta) = radius_um * (1 + sum_m a_m cos(m theta + phi_m))``,
       ``m = 2 .. K + 1``, from ``attributes["shape_coeffs"]`` ``[B, N, 2K]`` (K amplitudes, then K
-      phases; all cell populations of a pipeline must share ``n_harmonics``). A pixel belongs to the
-      cell where the rendered edge profile is above one half (``r <= r(theta)``);
+      phases; all cell populations of a pipeline must share ``n_harmonics``), evaluated by
+      :func:`~napari_deeptrack.sim.scatterers.cell_outline_factor`, the function the renderer uses. A
+      pixel belongs to the cell where the rendered edge profile is above one half (``r <= r(theta)``);
     - anything else: a disk of ``radius_um`` (at least ``min_radius_px``).
 
     Where outlines overlap the particle in the later slot wins (painter's order: later particles are
@@ -326,11 +328,7 @@ class InstanceLabels(Target):
         coeffs = scene.attributes.get("shape_coeffs")
         if coeffs is None or coeffs.shape[-1] < 2:
             return None
-        k = coeffs.shape[-1] // 2
-        a = coeffs[..., :k].movedim(-1, 0)[..., None, None]  # [K, B, N, 1, 1]
-        phase = coeffs[..., k : 2 * k].movedim(-1, 0)[..., None, None]
-        m = torch.arange(2, k + 2, device=theta.device, dtype=theta.dtype).view(-1, 1, 1, 1, 1)
-        return 1.0 + (a * torch.cos(m * theta[None] + phase)).sum(dim=0)
+        return cell_outline_factor(coeffs, theta, spatial_dims=2)  # [B, N, P, P], the renderer's outline
 
     def footprint(self, scene: Scene, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
         """Whether patch offsets ``(dy, dx)`` (px, [B,N,P,P]) lie inside each particle's outline."""

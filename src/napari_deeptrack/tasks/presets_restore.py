@@ -5,10 +5,16 @@ Beyond the DeepTrack 2.0 paper's seven case studies (issue 7, case 8; see
 (NA 0.8, shot noise, background); the target is the same scene, noise-free and imaged with a
 high-NA objective (NA 1.4), so the network learns to denoise and to sharpen.
 
-The target is rendered by :class:`CleanImage`, a pipeline target that images the scene through its
-own (ideal) optics, with no background and no noise, scaled so that its brightest pixel is 1. The
-network input is percentile-normalised as usual; predictions are compared with the truth after
-min-max normalisation of both (``analysis.metrics.image_metrics``).
+Units. The target is rendered by :class:`CleanImage` in expected photons (no background, no noise).
+The last transform, :class:`NormalizeWithTarget`, percentile-normalises the input exactly as
+``task.input_normalization`` does at inference (``(x - p1) / (p99.8 - p1)``, per image) and divides the
+target by the *same* per-image factor ``p99.8 - p1``. Input and target are thus in the same units, and
+a prediction times the input's ``p99.8 - p1`` is the restored image in photons. (Scaling the target by
+its own maximum instead, as a first version did, makes the output scale depend on the brightest object
+of the truth, which the network cannot know: it learnt barely more than smoothing.) Percentile
+normalisation is affine, so normalising the already normalised input again at training time changes
+nothing. The loss is the mean absolute error, which keeps the sparse background at zero better than
+the squared error.
 
 Honest use (the pitfalls paper): a restoration network can invent plausible detail. Evaluate it
 against the truth *and* against the raw input, and look at an ensemble's disagreement map
@@ -33,13 +39,15 @@ from ..sim import (
     Poisson,
     Uniform,
 )
-from ..sim.pipeline import Optics, Scatterer, Target
+from ..sim.noise import normalize_images
+from ..sim.params import check_range
+from ..sim.pipeline import Optics, Scatterer, SimBatch, Target, Transform
 from ..sim.scene import Scene
 from ..sim.serialize import register
 from .base import Task
 from .registry import register_preset
 
-__all__ = ["CleanImage", "restore", "restore_pipeline"]
+__all__ = ["CleanImage", "NormalizeWithTarget", "restore", "restore_pipeline"]
 
 PIXEL_SIZE_UM = 0.08
 
@@ -80,6 +88,55 @@ class CleanImage(Target):
         return img
 
 
+@register
+@dataclass
+class NormalizeWithTarget(Transform):
+    """Percentile-normalise the image and divide a target by the same per-image factor.
+
+    ``image -> (image - p_low) / (p_high - p_low)`` per image and channel, exactly
+    :func:`~napari_deeptrack.sim.normalize_images` (so the same as the task's input normalisation at
+    inference), and ``target -> target / (p_high - p_low)``: a noise-free, background-free target in
+    photons ends up in the units of the normalised input. Put it last in the transforms.
+
+    Parameters
+    ----------
+    target : str
+        Key of the pipeline target to rescale.
+    low, high : float
+        Percentiles (``0 <= low < high <= 100``), as for ``normalize_images``.
+    """
+
+    target: str = "clean"
+    low: float = 1.0
+    high: float = 99.8
+
+    def __post_init__(self):
+        check_range("low", self.low, 0.0, 100.0)
+        check_range("high", self.high, 0.0, 100.0)
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
+
+    def __call__(self, batch: SimBatch, generator: torch.Generator) -> SimBatch:
+        if self.target not in batch.targets:
+            raise ValueError(
+                f"NormalizeWithTarget: no target {self.target!r}; targets: {sorted(batch.targets)}"
+            )
+        x = batch.image.float()
+        xn = normalize_images(x, "percentile", self.low, self.high)
+        # normalize_images is affine per image and channel: its factor is the ratio of the spreads
+        sd_x, sd_n = x.std(dim=(-2, -1), keepdim=True), xn.std(dim=(-2, -1), keepdim=True)
+        scale = torch.where(sd_n > 0, sd_x / sd_n.clamp_min(1e-30), torch.full_like(sd_x, 1e-6))
+        y = batch.targets[self.target]
+        batch.image = xn
+        if y.dim() != scale.dim() or y.shape[1] not in (1, scale.shape[1]):
+            raise ValueError(
+                f"NormalizeWithTarget: target {self.target!r} of shape {tuple(y.shape)} does not match "
+                f"the image {tuple(x.shape)} ([B, C, H, W] with 1 or C channels)"
+            )
+        batch.targets[self.target] = y / scale
+        return batch
+
+
 def restore_pipeline(image_shape: tuple[int, int] = (64, 64)) -> Pipeline:
     """Spots and short rods through an NA 0.8 widefield microscope, with background and shot noise."""
     scatterers = [
@@ -102,8 +159,8 @@ def restore_pipeline(image_shape: tuple[int, int] = (64, 64)) -> Pipeline:
         image_shape=image_shape,
         particles=particles,
         optics=optics,
-        transforms=[Background(level=LogUniform(2.0, 30.0)), Poisson()],
-        targets={"clean": CleanImage(optics=sharp, scatterers=scatterers)},
+        transforms=[Background(level=LogUniform(2.0, 30.0)), Poisson(), NormalizeWithTarget("clean")],
+        targets={"clean": CleanImage(optics=sharp, scatterers=scatterers, scale="none")},
     )
 
 
@@ -116,15 +173,16 @@ def restore() -> Task:
         description=(
             "Restore widefield fluorescence images: remove shot noise and background and sharpen "
             "from NA 0.8 to NA 1.4 (0.6 um emission, 80 nm pixels). Trained on simulated pairs of "
-            "spots and short rods. Outputs are scaled to a maximum of about 1. A restoration network "
+            "spots and short rods. Outputs are in the units of the percentile-normalised input "
+            "(times the input's p99.8 - p1: photons without background). A restoration network "
             "can invent detail: compare with the raw input and check an ensemble's disagreement."
         ),
         pipeline=restore_pipeline(),
         target="clean",
         model={"type": "UNet", "in_channels": 1, "out_channels": 1, "depth": 2, "base_channels": 16},
-        loss={"type": "mse"},
+        loss={"type": "mae"},
         input_normalization={"mode": "percentile", "low": 1.0, "high": 99.8},
         postprocess={"activation": "none"},
         pixel_size_um=PIXEL_SIZE_UM,
-        training={"epochs": 30, "steps_per_epoch": 50, "batch_size": 16, "lr": 1e-3, "validation_size": 64},
+        training={"epochs": 30, "steps_per_epoch": 50, "batch_size": 16, "lr": 2e-3, "validation_size": 64},
     )

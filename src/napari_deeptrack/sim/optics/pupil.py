@@ -29,6 +29,9 @@ from .zernike import Zernike, zernike_polynomial
 
 PSF_CORE_RADIUS = 1.25  # PSF core radius in units of wavelength / NA
 
+#: Largest oversampling factor chosen automatically by the renderers (``oversample=None``).
+AUTO_OVERSAMPLE_LIMIT = 8
+
 
 def frequency_grid(
     shape: tuple[int, int], pixel_size_um: float, device: torch.device | str | None = None
@@ -174,6 +177,9 @@ class Pupil:
         Zernike terms added to the pupil phase (coefficients in radians rms, sampled per image).
     phase_mask : PhaseMask, optional
         Engineered phase (``Astigmatism()``, double helix, tetrapod...).
+    warn_aliasing : bool
+        Warn when the rendering grid samples the PSF below the Nyquist rate. Set False to record that
+        a coarse rendering (e.g. ``oversample=1`` for objects much larger than the PSF) is deliberate.
     """
 
     NA: float = 0.8
@@ -184,6 +190,7 @@ class Pupil:
     refractive_index_medium: float = 1.33
     aberrations: list[Zernike] = field(default_factory=list)
     phase_mask: PhaseMask | None = None
+    warn_aliasing: bool = True
 
     def __post_init__(self):
         check_range(
@@ -227,11 +234,19 @@ class Pupil:
                 raise ValueError(f"aberrations must be a list of Zernike terms, got {a!r}")
         if self.phase_mask is not None and not isinstance(self.phase_mask, PhaseMask):
             raise ValueError(f"phase_mask must be a PhaseMask or None, got {self.phase_mask!r}")
-        if self.sample_pixel_um > self.nyquist_pixel_um * (1 + 1e-6):
+        # The camera may undersample the PSF (that is physics, and is simulated by integrating over
+        # oversampled pixels). Warn only when the *rendering* grid would alias: an explicit
+        # ``oversample`` too small for the pixel, or pixels beyond what automatic oversampling covers.
+        os_ = getattr(self, "oversample", None)
+        factor = os_ if isinstance(os_, int) and os_ >= 1 else AUTO_OVERSAMPLE_LIMIT
+        render_px = self.sample_pixel_um / factor
+        if self.warn_aliasing and render_px > self.nyquist_pixel_um * (1 + 1e-6):
+            need = math.ceil(self.sample_pixel_um / self.nyquist_pixel_um - 1e-6)
             warnings.warn(
-                f"pixel size {self.sample_pixel_um:.4g} um (sample plane) is larger than the Nyquist limit "
-                f"wavelength / (4 NA) = {self.nyquist_pixel_um:.4g} um for the intensity PSF: the camera "
-                "undersamples (aliases) the PSF. Rendering oversamples and integrates over pixels.",
+                f"pixel size {self.sample_pixel_um:.4g} um (sample plane) with oversample={os_} renders "
+                "the PSF on a grid coarser than the Nyquist limit wavelength / (4 NA) = "
+                f"{self.nyquist_pixel_um:.4g} um: the simulated PSF aliases. Use oversample >= {need} "
+                "(or None for automatic).",
                 stacklevel=_caller_stacklevel(),
             )
 
