@@ -197,7 +197,11 @@ def _maxima_seeds(stack: np.ndarray, above: np.ndarray, min_distance: float):
     yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
     disk = (yy * yy + xx * xx) <= min_distance * min_distance
     footprint = disk[None]
-    local_max = stack == ndimage.maximum_filter(stack, footprint=footprint, mode="constant", cval=-np.inf)
+    # Maxima of the map smoothed by 1 px: a well-trained network's disk is a flat plateau of p ~ 1 whose
+    # tiny ripples would otherwise give several "maxima" per particle. Centroids and probabilities still
+    # come from the raw map.
+    smooth = ndimage.gaussian_filter(stack.astype(np.float64, copy=False), sigma=(0, 1.0, 1.0))
+    local_max = smooth == ndimage.maximum_filter(smooth, footprint=footprint, mode="constant", cval=-np.inf)
     peaks = local_max & above
     labels, n = ndimage.label(peaks, structure=_plane_structure(2))
     if n == 0:
