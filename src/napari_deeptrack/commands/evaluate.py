@@ -50,12 +50,12 @@ def _clean(obj):
 
 def run(args) -> int:
     from ..analysis.metrics import detection_metrics
-    from ..io.tables import read_results_csv
+    from ..io.tables import read_results_csv, read_truth_csv
 
     if not args.tolerance > 0:
         raise ValueError(f"--tolerance must be > 0 pixels, got {args.tolerance}")
     pred = read_results_csv(args.results)
-    truth = read_results_csv(args.truth)
+    truth = read_truth_csv(args.truth)
     metrics = _clean(detection_metrics(pred, truth, args.tolerance, per_frame=args.per_frame))
     text = json.dumps(metrics, indent=2)
     print(text)

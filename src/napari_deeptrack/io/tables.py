@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "read_truth_csv",
     "order_columns",
     "read_results_csv",
     "scene_to_table",
@@ -59,6 +60,20 @@ def read_results_csv(path: str | Path) -> pd.DataFrame:
         raise ValueError(f"{path} lacks column(s) {missing}; it has {list(df.columns)}")
     df["frame"] = df["frame"].astype(np.int64)
     return df
+
+
+def read_truth_csv(path: str | Path) -> pd.DataFrame:
+    """Read a ground-truth CSV, keeping only particles a detector can see.
+
+    Like :func:`read_results_csv`; rows whose optional ``present`` or ``visible`` column is false
+    (a track that left the field of view, a blinked-off or bleached emitter) are dropped.
+    """
+    df = read_results_csv(path)
+    for col in ("present", "visible"):
+        if col in df.columns:
+            keep = df[col].astype(str).str.strip().str.lower().isin(["true", "1", "1.0"])
+            df = df[keep]
+    return df.reset_index(drop=True)
 
 
 def write_counts_csv(counts, path: str | Path) -> Path:
