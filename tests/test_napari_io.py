@@ -127,3 +127,106 @@ def test_sample_cells_and_hologram():
     assert holo.shape == (64, 64) and pts.shape[1] == 3
     assert (pk["features"]["z_um"] > 0).all()
     assert holo.std() > 0
+
+
+# ---------------------------------------------------------------------------- samples the user's way
+def _world_um(layer) -> float:
+    from napari_deeptrack._napari._layers import layer_pixel_size_um
+
+    return layer_pixel_size_um(layer)
+
+
+def _open(viewer, key):
+    from napari.layers import Image
+
+    layers = viewer.open_sample("napari-deeptrack", key)
+    assert len(layers) == 2 and all(lyr in viewer.layers for lyr in layers)
+    image, truth = layers
+    assert isinstance(image, Image) and image.metadata["simulated"] is True
+    return image, truth
+
+
+def test_open_sample_particle_movie(make_napari_viewer):
+    from napari.layers import Points
+
+    viewer = make_napari_viewer()
+    image, truth = _open(viewer, "particle_movie")
+    assert isinstance(truth, Points)
+    assert image.data.shape == (20, 128, 128) and truth.data.shape[1] == 3 and len(truth.data) > 0
+    assert tuple(image.scale) == tuple(truth.scale) == pytest.approx((1.0, 0.1, 0.1))
+    assert (
+        [str(u) for u in image.units][-2:]
+        == ["micrometer", "micrometer"]
+        == [str(u) for u in truth.units][-2:]
+    )
+    assert _world_um(image) == _world_um(truth) == pytest.approx(0.1)
+    assert {"track_id", "z_um", "visible"} <= set(truth.features.columns)
+    # the movie runs along the slider and every frame has its truth
+    assert viewer.dims.ndim == 3 and viewer.dims.range[0].stop == 19
+    t, y, x = np.round(truth.data).astype(int).T
+    assert set(t) == set(range(20))
+    # the truth sits on the particles: bright pixels under the points, same place in world units
+    img = np.asarray(image.data)
+    on = img[t, np.clip(y, 0, 127), np.clip(x, 0, 127)]
+    assert np.median(on) > 3 * np.median(img)
+    np.testing.assert_allclose(truth.data_to_world(truth.data[0]), image.data_to_world(truth.data[0]))
+
+
+def test_open_sample_cells(make_napari_viewer):
+    from napari.layers import Labels
+
+    viewer = make_napari_viewer()
+    image, labels = _open(viewer, "cells")
+    assert isinstance(labels, Labels)
+    assert image.data.shape == labels.data.shape == (192, 192)
+    assert np.issubdtype(labels.data.dtype, np.integer)
+    assert tuple(image.scale) == tuple(labels.scale) == pytest.approx((0.325, 0.325))
+    assert _world_um(image) == _world_um(labels) == pytest.approx(0.325)
+    lab, img = np.asarray(labels.data), np.asarray(image.data)
+    ids = np.unique(lab[lab > 0])
+    assert 8 <= len(ids) <= 12  # count=IntUniform(8, 12), all kept apart by min_distance_px
+    # each labelled cell stands out of the background by more than 4 Poisson standard deviations
+    from scipy import ndimage
+
+    bg = np.median(img[lab == 0])
+    mean_in = ndimage.mean(img, lab, ids)
+    assert (mean_in > bg + 4 * np.sqrt(bg)).all()
+    # and the labels cover the bright pixels: almost no very bright pixel lies outside a cell
+    bright = img > np.percentile(img, 99)
+    assert (lab[bright] > 0).mean() > 0.95
+
+
+def test_open_sample_hologram(make_napari_viewer):
+    from napari.layers import Points
+
+    viewer = make_napari_viewer()
+    image, truth = _open(viewer, "hologram")
+    assert isinstance(truth, Points)
+    assert image.data.shape == (128, 128) and truth.data.shape == (3, 3)
+    assert image.metadata["wavelength_um"] == pytest.approx(0.532)
+    assert _world_um(image) == _world_um(truth) == pytest.approx(0.1)
+    feats = truth.features
+    assert {"z_um", "radius_um", "refractive_index"} <= set(feats.columns)
+    assert feats["z_um"].between(5.0, 15.0).all() and feats["radius_um"].between(0.4, 0.8).all()
+    # 3D truth: world z (um) is the feature z_um; world y, x coincide with the image pixel under it
+    world = np.array([truth.data_to_world(p) for p in truth.data])
+    np.testing.assert_allclose(world[:, 0], feats["z_um"], rtol=1e-5)
+    pix = np.array([image.world_to_data(w[1:]) for w in world])
+    np.testing.assert_allclose(pix, truth.data[:, 1:], atol=1e-4)
+    # each sphere's fringe pattern is centred on its truth point: strong local contrast there, and the
+    # pattern is point-symmetric about the truth but not about a point 4 px away
+    img = np.asarray(image.data)
+    bg = np.median(img)
+    yy, xx = np.mgrid[:128, :128]
+    d = np.stack([np.hypot(yy - y, xx - x) for y, x in truth.data[:, 1:]])
+    far = np.abs(img - bg)[d.min(0) > 25].mean()
+
+    def symmetry(y, x, r=12):
+        w = img[round(y) - r : round(y) + r + 1, round(x) - r : round(x) + r + 1]
+        return np.corrcoef(w.ravel(), w[::-1, ::-1].ravel())[0, 1]
+
+    for near in d < 4:
+        assert np.abs(img - bg)[near].mean() > 2 * far
+    sym_at = np.array([symmetry(y, x) for y, x in truth.data[:, 1:]])
+    sym_off = np.array([symmetry(y + 4, x) for y, x in truth.data[:, 1:]])
+    assert (sym_at > sym_off).all() and sym_at.max() > 0.5

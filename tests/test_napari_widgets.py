@@ -299,6 +299,92 @@ def test_review_metrics_finetune_report(make_napari_viewer, qtbot, tmp_path):
     assert "<table" in html
 
 
+class ThresholdSegmenter(torch.nn.Module):
+    """Per-pixel 3-class logits (background, interior, boundary) from the normalised image: interior
+    where the pixel is above 0.5, never boundary. A stand-in whose segmentation is known exactly."""
+
+    def forward(self, x):
+        s = 12.0 * (x - 0.5)
+        return torch.cat([-s, s, torch.full_like(x, -20.0)], dim=1)
+
+
+def segmenter_bundle():
+    from napari_deeptrack.io.bundle import Bundle
+    from napari_deeptrack.tasks import get_preset
+
+    task = get_preset("nuclei-segment")
+    task.model = {"type": "custom"}
+    task.input_normalization = {"mode": "minmax"}
+    return Bundle(model=ThresholdSegmenter().eval(), task=task, config={"history": {}}, path=None)
+
+
+def test_review_scores_corrected_labels(make_napari_viewer, qtbot, messages):
+    """Apply writes Labels; the user erases a false object, paints a missed one and enlarges another;
+    Review's IoU, F1 and PQ equal the values worked out by hand from the square areas."""
+    viewer = make_napari_viewer()
+    sq = 11  # 11 x 11 squares: 121 px each
+    corners = {"A": (5, 5), "B": (5, 40), "C": (40, 5), "D": (40, 40), "E": (25, 25)}
+    img = np.zeros((64, 64), np.float32)
+    for name, (y, x) in corners.items():
+        img[y : y + sq, x : x + sq] = 0.2 if name == "E" else 1.0  # E is a dim cell the model misses
+    img += np.random.default_rng(0).normal(0, 0.02, img.shape).astype(np.float32)
+    src = viewer.add_image(img, scale=(0.65, 0.65), units=("um", "um"))  # the preset's pixel size
+    aw = ApplyWidget(viewer)
+    aw.set_bundle(segmenter_bundle())
+    aw.layer.value = src
+    aw.run()
+    wait_worker(qtbot, aw)
+    out = viewer.layers["DeepTrack labels"]
+    model_labels = np.asarray(out.data)
+    assert model_labels.shape == (64, 64) and tuple(out.scale) == pytest.approx((0.65, 0.65))
+    # the stand-in finds exactly the four bright squares A-D, one label each
+    assert len(np.unique(model_labels[model_labels > 0])) == 4
+    for name in "ABCD":
+        y, x = corners[name]
+        patch = model_labels[y : y + sq, x : x + sq]
+        assert patch.min() > 0 and len(np.unique(patch)) == 1
+    assert (model_labels > 0).sum() == 4 * sq * sq
+
+    rw = ReviewWidget(viewer)
+    rw.image.value = src
+    rw.prediction.value = out
+    corrected = rw.copy_for_correction()
+    assert corrected is not out and rw.reference.value is corrected
+    # the user's corrections with napari's label tools (fill bucket, paint):
+    corrected.fill((10, 45), 0)  # B was debris: erase it
+    label_a = int(model_labels[10, 10])
+    corrected.data_setitem(tuple(np.mgrid[16:21, 5:16].reshape(2, -1)), label_a)  # A is 5 rows taller
+    new_id = int(model_labels.max()) + 1
+    corrected.data_setitem(tuple(np.mgrid[25:36, 25:36].reshape(2, -1)), new_id)  # E was missed
+    np.testing.assert_array_equal(np.asarray(out.data), model_labels)  # the model output is untouched
+    m = rw.evaluate()
+    model = m["model"]
+    # by hand: matches A (IoU 121/176), C, D (IoU 1); B is a false positive, E a false negative
+    iou_a = 121 / (121 + 55)
+    assert (model["tp"], model["fp"], model["fn"]) == (3, 1, 1)
+    assert model["precision"] == pytest.approx(3 / 4) and model["recall"] == pytest.approx(3 / 4)
+    assert model["f1"] == pytest.approx(3 / 4)
+    assert model["panoptic_quality"] == pytest.approx((iou_a + 2) / (3 + 0.5 + 0.5))
+    # pixel IoU of the foregrounds: 3 x 121 shared, 4 x 121 model, 3 x 121 + 55 + 121 corrected
+    assert model["iou"] == pytest.approx(363 / (484 + 539 - 363))
+    assert model["n_frames"] == 1
+    # the classical baseline (Otsu + connected components) on the same image finds A, C, D, keeps B and
+    # misses E (Otsu's threshold lands at E's brightest noise pixels, which may add 1-px false objects)
+    base = m["baseline (Otsu)"]
+    assert base["tp"] == 3 and base["fn"] == 1 and base["fp"] >= 1
+    assert "iou" in rw.results_label.value and "panoptic_quality" in rw.results_label.value
+    # a corrected layer of another shape: a clear message, no metrics
+    other = viewer.add_labels(
+        np.zeros((32, 32), np.int32), name="other shape", scale=(0.65, 0.65), units=("um", "um")
+    )
+    rw.reference.value = other
+    n_layers = len(viewer.layers)
+    assert rw.evaluate() is None
+    msg = errors(messages)[-1]
+    assert "(64, 64)" in msg and "(32, 32)" in msg and "other shape" in msg
+    assert len(viewer.layers) == n_layers
+
+
 # ---------------------------------------------------------------------------- bad input
 def test_bad_inputs_notify_and_never_overwrite_user_layers(make_napari_viewer, messages, tmp_path):
     from napari_deeptrack.io.bundle import save_bundle

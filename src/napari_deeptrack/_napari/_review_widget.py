@@ -228,7 +228,10 @@ class ReviewWidget(Container):
 
         p, r = np.asarray(pred.data), np.asarray(ref.data)
         if p.shape != r.shape:
-            raise InputError(f"Label layers differ in shape: {p.shape} vs {r.shape}.")
+            raise InputError(
+                f"The model output '{pred.name}' {p.shape} and the corrected layer '{ref.name}' {r.shape} "
+                "differ in shape: correct a copy made with 'Copy output for correction'."
+            )
         p3, r3 = (p[None], r[None]) if p.ndim == 2 else (p, r)
         keep = [t for t in range(len(r3)) if r3[t].any()]
         if not keep:
