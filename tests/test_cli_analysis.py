@@ -100,6 +100,26 @@ def test_predict_detection_is_independent_of_tiling():
     assert (linked.detections.groupby("track_id").size() == 3).all()
 
 
+def test_predict_min_signal_drops_faint_detections():
+    pp = {"activation": "sigmoid", "threshold": 0.5}
+    task = _task("detection", DiskMask(radius_px=3, antialias=True), pp)
+    bundle = types.SimpleNamespace(model=_pass_through_unet(task, 8.0, -4.0), task=task)
+    scene = _disk_scene(1, (80, 100), seed=1)
+    images = DiskMask(radius_px=3, antialias=True)(scene)[:, 0].numpy()
+    images[:, :, :40] *= 0.6  # the particles in the two left columns are fainter (still p > 0.5)
+    truth = scene_to_table(scene)
+    bright = truth[truth.x > 40]
+    assert len(predict(bundle, images).detections) == len(truth)
+    res = predict(bundle, images, min_signal=20.0)  # signal: <= 28.3 x amplitude (disk of radius 3)
+    assert "signal" in res.detections.columns and len(res.detections) == len(bright)
+    assert detection_metrics(res.detections, bright, 1.0)["f1"] == 1.0
+    # summed over the pixels within 3 px of the centre pixel: most of each disk's pi 3^2 (the
+    # particle is up to half a pixel off that pixel), never more
+    assert np.all((res.detections.signal > 0.8 * np.pi * 9) & (res.detections.signal < np.pi * 9 + 0.1))
+    task.postprocess = {**pp, "min_signal": 20.0}  # the same from the task's postprocess
+    pd.testing.assert_frame_equal(predict(bundle, images).detections, res.detections)
+
+
 def test_run_model_rejects_nothing_and_pads_to_multiple():
     seen = []
 

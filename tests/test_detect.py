@@ -162,3 +162,49 @@ def test_volume_input_validation():
         positions_from_volume(np.zeros((4, 8, 8)), 1, -1, 3.0)
     df = positions_from_volume(np.zeros((4, 8, 8)), -1, 1, 3.0)
     assert len(df) == 0 and "z_um" in df.columns
+
+
+def _disk(shape, cy, cx, r):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def test_brightness_filters_drop_faint_and_small_detections():
+    """min_signal (integrated image around a detection) and min_mass (summed probability)."""
+    shape = (48, 60)
+    bright = [(0, 10, 10), (0, 30, 40), (1, 12, 45), (1, 36, 14)]  # (frame, y, x)
+    faint = [(0, 35, 15), (1, 10, 20)]  # "noise clusters": flagged by the map, little signal
+    prob = np.zeros((2, *shape))
+    image = np.random.default_rng(0).normal(0.0, 1e-3, (2, *shape))  # tiny noise around a 0 background
+    for f, y, x in bright:
+        prob[f][_disk(shape, y, x, 3.0)] = 1.0
+        image[f, y - 4 : y + 5, x - 4 : x + 5] += 2.0
+    for f, y, x in faint:
+        prob[f, y - 1 : y + 2, x - 1 : x + 2] = 0.9  # small, weaker blob
+        image[f, y - 4 : y + 5, x - 4 : x + 5] += 0.5
+    n_disk = int(_disk((7, 7), 3, 3, 3.0).sum())  # 29 pixels within 3 px of a pixel centre
+    df = detect_from_map(prob, 0.5)
+    assert len(df) == 6 and list(df.columns) == ["frame", "y", "x", "probability", "area"]
+    # signal: the sum of the image over the radius-3 disk around the detection
+    df = detect_from_map(prob, 0.5, image=image)
+    assert len(df) == 6 and "signal" in df.columns
+    is_bright = df.area > 20
+    assert np.allclose(df.signal[is_bright], 2.0 * n_disk, atol=0.05)
+    assert np.allclose(df.signal[~is_bright], 0.5 * n_disk, atol=0.05)
+    kept = detect_from_map(prob, 0.5, image=image, min_signal=30.0)
+    assert sorted(zip(kept.frame, kept.y.round(), kept.x.round(), strict=True)) == sorted(bright)
+    small = detect_from_map(prob, 0.5, image=image, signal_radius_px=1.0)  # 5-pixel cross
+    assert np.allclose(np.sort(small.signal), [2.5, 2.5, 10.0, 10.0, 10.0, 10.0], atol=0.01)
+    # mass: summed probability over the support (29 for a unit disk, 9 x 0.9 for the small blobs)
+    df = detect_from_map(prob, 0.5, min_mass=0.0)
+    assert np.allclose(np.sort(df["mass"]), [8.1, 8.1] + [n_disk] * 4)
+    kept = detect_from_map(prob, 0.5, min_mass=15.0)
+    assert sorted(zip(kept.frame, kept.y.round(), kept.x.round(), strict=True)) == sorted(bright)
+    empty = detect_from_map(np.zeros_like(prob), 0.5, image=image, min_mass=0.0)
+    assert len(empty) == 0 and list(empty.columns)[-2:] == ["mass", "signal"]
+    with pytest.raises(ValueError, match="min_signal needs image"):
+        detect_from_map(prob, 0.5, min_signal=1.0)
+    with pytest.raises(ValueError, match="image must have the shape"):
+        detect_from_map(prob, 0.5, image=image[:1])
+    with pytest.raises(ValueError, match="min_mass"):
+        detect_from_map(prob, 0.5, min_mass=-1.0)

@@ -8,7 +8,8 @@ split into overlapping tiles when large), and the output is turned into measurem
 ``task.kind``:
 
 =================  ===========================================================================
-detection          probability map -> ``frame, y, x, probability, area`` (detect.py)
+detection          probability map -> ``frame, y, x, probability, area`` (detect.py); optional
+                   brightness filters ``postprocess["min_mass"]`` / ``["min_signal"]`` (see predict)
 counting           density map -> counts per frame (integral) and peak positions (density.py)
 segmentation       foreground map -> instance labels (seeded watershed) and their centroids
 tracking-3d        z-binned volume -> ``frame, y, x, z_um, ...`` (volume3d.py)
@@ -240,6 +241,7 @@ def predict(
     memory: int = 0,
     pixel_size_um: float | None = None,
     frame_interval_s: float | None = None,
+    min_signal: float | None = None,
 ) -> PredictionResult:
     """Run a trained bundle on images and post-process its output according to ``task.kind``.
 
@@ -265,6 +267,14 @@ def predict(
         Frames a particle may vanish and keep its track.
     pixel_size_um, frame_interval_s : float or None
         With ``link``, both given: diffusion coefficients from the MSD (``result.diffusion``).
+    min_signal : float or None
+        Detection tasks: drop detections whose ``signal`` (sum of the *normalised* input within
+        ``postprocess["signal_radius_px"]``, default ``disk_radius_px``, of the detection; with
+        robust normalisation, background 0 and noise sigma 1) is lower, and add a ``signal`` column.
+        Like trackpy's ``minmass``: tune it on frames with known particles of the data's brightness
+        (it removes noise clusters that a detector trained down to SNR ~1 flags in bright data).
+        Default ``task.postprocess["min_signal"]`` (absent: no filter). Likewise
+        ``postprocess["min_mass"]`` drops detections whose summed probability is lower.
 
     Returns
     -------
@@ -315,11 +325,19 @@ def predict(
         "image_shape": [int(h), int(w)],
     }
     if kind == "detection":
+        # optional brightness filters (off unless the task's postprocess sets them): summed
+        # probability ("min_mass") and the integrated normalised input around the detection
+        # ("min_signal", in background-noise units with robust normalisation), like trackpy's minmass
+        min_signal = min_signal if min_signal is not None else pp.get("min_signal")
         det = detect_from_map(
             out[:, 0],
             thr,
             method=pp.get("method", "components"),
             min_distance_px=float(pp.get("disk_radius_px", 3.0)),
+            min_mass=None if pp.get("min_mass") is None else float(pp["min_mass"]),
+            image=None if min_signal is None else xn[:, 0].numpy(),
+            min_signal=None if min_signal is None else float(min_signal),
+            signal_radius_px=float(pp.get("signal_radius_px", pp.get("disk_radius_px", 3.0))),
         )
         counts = np.bincount(det["frame"].to_numpy(), minlength=t_n).astype(np.float64)
     elif kind == "counting":

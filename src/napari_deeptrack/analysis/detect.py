@@ -18,6 +18,16 @@ fractional edge pixels below the decision threshold, and leaving them out quanti
 (up to a quarter pixel for a radius-3 disk); with them the centroid is the disk centre to a few
 hundredths of a pixel.
 
+Optional brightness filters (like trackpy's ``minmass``; both off by default):
+
+- ``min_mass``: drop detections whose *mass*, the summed probability over the detection's support,
+  is lower (adds a ``mass`` column). Faint noise clusters give small, weak blobs.
+- ``image`` + ``min_signal``: ``signal`` is the sum of ``image`` (for instance the network input,
+  normalised so that the background is 0 and the noise sigma 1) over a disk of ``signal_radius_px``
+  around the detection (adds a ``signal`` column); detections with less are dropped. This is the
+  background-subtracted integrated intensity in noise units, so a threshold tuned on frames of known
+  brightness removes noise clusters that the network flags at high SNR.
+
 Pixel convention: the centre of the top-left pixel is (y, x) = (0, 0). All frames are processed
 together (no Python loop over frames).
 """
@@ -112,6 +122,10 @@ def detect_from_map(
     weight_floor: float = 0.0,
     connectivity: int = 2,
     exclude_border_px: float = 0.0,
+    min_mass: float | None = None,
+    image=None,
+    min_signal: float | None = None,
+    signal_radius_px: float = 3.0,
 ) -> pd.DataFrame:
     """Detections from probability (or mask) maps.
 
@@ -141,12 +155,24 @@ def detect_from_map(
         Pixel connectivity of components: 1 (edges) or 2 (edges and corners).
     exclude_border_px : float
         Detections whose centre is closer than this to the image border are dropped.
+    min_mass : float or None
+        If given, a ``mass`` column (summed probability over the detection's support) is added and
+        detections with a smaller mass are dropped (0 keeps all).
+    image : array [H, W] or [T, H, W], optional
+        Image of the same shape as ``prob_map`` (e.g. the normalised network input, background 0);
+        if given, a ``signal`` column is added: the sum of ``image`` within ``signal_radius_px`` of
+        the detection's centre pixel.
+    min_signal : float or None
+        Detections with a smaller ``signal`` are dropped (needs ``image``).
+    signal_radius_px : float
+        Radius of the disk over which ``signal`` is summed.
 
     Returns
     -------
     DataFrame
-        ``frame, y, x, probability, area``: frame index, centre in pixels, highest probability of
-        the detection, and its number of pixels above ``threshold``. Sorted by frame, y, x.
+        ``frame, y, x, probability, area`` (+ ``mass`` / ``signal`` when asked for): frame index,
+        centre in pixels, highest probability of the detection, and its number of pixels above
+        ``threshold``. Sorted by frame, y, x.
     """
     check_range("threshold", threshold, 0.0, 1.0, low_inclusive=False)
     check_range("min_distance_px", min_distance_px, 0.0, None, low_inclusive=False)
@@ -156,15 +182,26 @@ def detect_from_map(
         raise ValueError(f"method must be 'components' or 'maxima', got {method!r}")
     if connectivity not in (1, 2):
         raise ValueError(f"connectivity must be 1 or 2, got {connectivity}")
+    check_range("signal_radius_px", signal_radius_px, 0.0, None)
+    if min_mass is not None:
+        check_range("min_mass", min_mass, 0.0, None)
     stack, _ = as_stack(prob_map)
     if not np.isfinite(stack).all():
         raise ValueError("prob_map contains NaN or infinite values")
+    img = None
+    if image is not None:
+        img, _ = as_stack(image, "image")
+        if img.shape != stack.shape:
+            raise ValueError(f"image must have the shape of prob_map {stack.shape}, got {img.shape}")
+    elif min_signal is not None:
+        raise ValueError("min_signal needs image (the image the signal is measured in)")
+    extra_cols = (["mass"] if min_mass is not None else []) + (["signal"] if img is not None else [])
     support_threshold = threshold / 10.0 if support_threshold is None else float(support_threshold)
     above = stack > threshold
     if method == "components":
         labels, n = ndimage.label(above, structure=_plane_structure(connectivity))
         if n == 0:
-            return empty_detections()
+            return empty_detections(extra_cols)
         idx = np.arange(1, n + 1)
         area = ndimage.sum_labels(above, labels, idx)
         prob = ndimage.maximum(stack, labels, idx)
@@ -172,7 +209,7 @@ def detect_from_map(
     else:
         seeds, n, prob = _maxima_seeds(stack, above, float(min_distance_px))
         if n == 0:
-            return empty_detections()
+            return empty_detections(extra_cols)
         # a maximum's own region: pixels above threshold within min_distance_px of it
         dist, (it, iy, ix) = ndimage.distance_transform_edt(
             seeds == 0, sampling=(1e6, 1.0, 1.0), return_indices=True
@@ -188,7 +225,32 @@ def detect_from_map(
         h, w = stack.shape[1:]
         b = float(exclude_border_px)
         ok &= (y >= b - 0.5) & (y <= h - 0.5 - b) & (x >= b - 0.5) & (x <= w - 0.5 - b)
-    return _table(frame[ok], y[ok], x[ok], np.asarray(prob)[ok], np.asarray(area)[ok])
+    extra = {}
+    if min_mass is not None:
+        mass = np.asarray(ndimage.sum_labels(stack, support, np.arange(1, n + 1)))
+        ok &= mass >= float(min_mass)
+        extra["mass"] = mass
+    if img is not None:
+        signal = _disk_sums(img, frame, y, x, float(signal_radius_px))
+        if min_signal is not None:
+            ok &= signal >= float(min_signal)
+        extra["signal"] = signal
+    extra = {k: v[ok] for k, v in extra.items()}
+    return _table(frame[ok], y[ok], x[ok], np.asarray(prob)[ok], np.asarray(area)[ok], extra)
+
+
+def _disk_sums(img: np.ndarray, frame, y, x, radius: float) -> np.ndarray:
+    """Sum of ``img`` [T, H, W] within ``radius`` px of each centre pixel (pixels outside count 0)."""
+    r = int(np.floor(radius))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    disk = ((yy * yy + xx * xx) <= radius * radius).astype(np.float64)[None]
+    sums = ndimage.correlate(img, disk, mode="constant", cval=0.0)
+    t, h, w = img.shape
+    safe = np.isfinite(y) & np.isfinite(x)
+    fi = np.where(safe, frame, 0).astype(np.int64)
+    iy = np.clip(np.round(np.where(safe, y, 0)).astype(np.int64), 0, h - 1)
+    ix = np.clip(np.round(np.where(safe, x, 0)).astype(np.int64), 0, w - 1)
+    return np.where(safe, sums[fi, iy, ix], np.nan)
 
 
 def _maxima_seeds(stack: np.ndarray, above: np.ndarray, min_distance: float):
