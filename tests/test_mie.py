@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import miepython  # noqa: E402  (test dependency, the "testing" extra)
 import numpy as np
 import pytest
 import torch
@@ -18,8 +19,6 @@ from napari_deeptrack.sim.mie import (
     scattering_amplitudes,
 )
 from napari_deeptrack.sim.params import Uniform
-
-miepython = pytest.importorskip("miepython")
 
 SIZES = [0.1, 0.3, 1.0, 2.5, 5.0, 10.0, 20.0, 35.0, 50.0]
 # relative indices n + ik (k >= 0 absorbs), incl. weakly and strongly absorbing and metal-like

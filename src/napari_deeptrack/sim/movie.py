@@ -44,7 +44,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .params import ParamLike, check_range, sample
-from .pipeline import Pipeline, SimBatch
+from .pipeline import Pipeline, SimBatch, make_generator
 from .scene import Scene
 from .serialize import register
 from .targets import in_frame
@@ -211,18 +211,9 @@ class Movie:
         """Simulate ``batch_size`` movies: image [B, T, C, H, W], scene of B*T frames, targets [B, T, ...]."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if generator is None:
-            generator = torch.Generator(device=device or "cpu")
-            generator.manual_seed(int(seed) if seed is not None else int(torch.seed() % (2**63)))
-        scene = self.sample_scene(batch_size, generator)
-        image = self.pipeline.render(scene, generator)  # all B*T frames in one batch
-        targets = {k: t(scene) for k, t in self.pipeline.targets.items()}
-        batch = SimBatch(image=image, scene=scene, targets=targets)
-        for tr in self.pipeline.transforms:
-            batch = tr(batch, generator)
-        for k, t in self.pipeline.targets.items():  # per-image targets follow the final scene
-            if not getattr(t, "spatial", True):
-                batch.targets[k] = t(batch.scene)
+        generator = make_generator(seed, generator, device)
+        # all B*T frames go through the pipeline's optics, targets and transforms in one batch
+        batch = self.pipeline.image_scene(self.sample_scene(batch_size, generator), generator)
         b, t_n = int(batch_size), int(self.n_frames)
         return SimBatch(
             image=batch.image.reshape(b, t_n, *batch.image.shape[1:]),

@@ -217,10 +217,11 @@ class Pipeline:
         """Simulate a batch: ground truth, images, targets, then transforms (noise, augmentation)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if generator is None:
-            generator = torch.Generator(device=device or "cpu")
-            generator.manual_seed(int(seed) if seed is not None else int(torch.seed() % (2**63)))
-        scene = self.sample_scene(batch_size, generator)
+        generator = make_generator(seed, generator, device)
+        return self.image_scene(self.sample_scene(batch_size, generator), generator)
+
+    def image_scene(self, scene: Scene, generator: torch.Generator) -> SimBatch:
+        """Render ``scene``, compute the targets and apply the transforms (used by ``Movie`` too)."""
         image = self.render(scene, generator)
         batch = SimBatch(image=image, scene=scene, targets={k: t(scene) for k, t in self.targets.items()})
         for tr in self.transforms:
@@ -236,6 +237,19 @@ class Pipeline:
     def with_(self, **changes) -> Pipeline:
         """A copy with some fields replaced (``pipeline.with_(image_shape=(128, 128))``)."""
         return replace(self, **changes)
+
+
+def make_generator(
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Generator:
+    """``generator`` if given, else a new one on ``device`` seeded with ``seed`` (random when None)."""
+    if generator is not None:
+        return generator
+    generator = torch.Generator(device=device or "cpu")
+    generator.manual_seed(int(seed) if seed is not None else int(torch.seed() % (2**63)))
+    return generator
 
 
 def _sample_yx(
@@ -299,4 +313,5 @@ __all__ = [
     "SimBatch",
     "Target",
     "Transform",
+    "make_generator",
 ]
