@@ -21,6 +21,7 @@ trained only on simulated images whose parameters vary around the expected ones.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,7 @@ from ..sim.params import Distribution, ParamLike, check_range, sample, support
 from ..sim.pipeline import SimBatch, Transform
 from ..sim.serialize import register
 from .base import Task
+from .presets_particles import OFFSET_CNN, OFFSET_POSTPROCESS
 from .registry import register_preset
 
 __all__ = [
@@ -203,16 +205,10 @@ def brightfield_localize() -> Task:
         ),
         pipeline=brightfield_pipeline(),
         target="offset",
-        model={
-            "type": "CNN",
-            "in_channels": 1,
-            "out_features": 2,
-            "channels": [16, 32, 64],
-            "dense": [64, 32],
-        },
+        model=copy.deepcopy(OFFSET_CNN),
         loss={"type": "mae"},
         input_normalization=dict(ROBUST),
-        postprocess={"activation": "none", "units": "px", "origin": "center"},
+        postprocess=dict(OFFSET_POSTPROCESS),
         pixel_size_um=PIXEL_SIZE_UM,
         training={"epochs": 60, "steps_per_epoch": 100, "batch_size": 32, "lr": 1e-3, "validation_size": 256},
     )

@@ -14,6 +14,8 @@ as its signal-to-noise ratio.
 
 from __future__ import annotations
 
+import copy
+
 from ..sim import (
     Background,
     DiskMask,
@@ -36,6 +38,10 @@ NA = 1.3
 WAVELENGTH_UM = 0.6
 PIXEL_SIZE_UM = 0.1
 PERCENTILE = {"mode": "percentile", "low": 1.0, "high": 99.8}
+#: CNN regressing one particle's (y, x) offset in px from the crop centre (shared by localisation presets).
+OFFSET_CNN = {"type": "CNN", "in_channels": 1, "out_features": 2, "channels": [16, 32, 64], "dense": [64, 32]}
+OFFSET_POSTPROCESS = {"activation": "none", "units": "px", "origin": "center"}
+
 #: background median -> 0, noise sigma (from the MAD) -> 1: independent of particle number and size
 ROBUST = {"mode": "robust"}
 
@@ -120,16 +126,10 @@ def particle_localize() -> Task:
         ),
         pipeline=pipeline,
         target="offset",
-        model={
-            "type": "CNN",
-            "in_channels": 1,
-            "out_features": 2,
-            "channels": [16, 32, 64],
-            "dense": [64, 32],
-        },
+        model=copy.deepcopy(OFFSET_CNN),
         loss={"type": "mae"},
         input_normalization=dict(PERCENTILE),
-        postprocess={"activation": "none", "units": "px", "origin": "center"},
+        postprocess=dict(OFFSET_POSTPROCESS),
         pixel_size_um=PIXEL_SIZE_UM,
         training={"epochs": 10, "steps_per_epoch": 50, "batch_size": 32, "lr": 1e-3, "validation_size": 256},
     )
