@@ -50,16 +50,6 @@ from ._threshold import DetectionCache
 __all__ = ["ApplyWidget", "last_apply_widget"]
 
 SOURCES = ("model from the Train widget", "bundle file")
-SUPPORTED_KINDS = (
-    "detection",
-    "localization",
-    "counting",
-    "segmentation",
-    "tracking-3d",
-    "characterization",
-    "classification",
-    "image-to-image",
-)
 POINTS_ROLE = "detections"
 #: Detections are computed down to this probability so the slider can filter live above it.
 BASE_THRESHOLD = 0.25
@@ -152,7 +142,9 @@ class ApplyWidget(Container):
         return self.set_bundle(bundle)
 
     def set_bundle(self, bundle):
-        if bundle.task.kind not in SUPPORTED_KINDS:
+        from ..tasks.base import KINDS  # the Apply widget writes layers for every task kind
+
+        if bundle.task.kind not in KINDS:
             notify(f"The bundle is for a '{bundle.task.kind}' task, which Apply cannot run.", "error")
             return None
         self.bundle = bundle
