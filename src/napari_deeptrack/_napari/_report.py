@@ -11,7 +11,6 @@ import datetime as _dt
 import html
 import json
 import math
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -45,24 +44,12 @@ def plot_loss_curves(history: dict, path: str | Path) -> Path | None:
 
 
 def _versions() -> dict[str, str]:
-    import numpy
-    import torch
+    """Package versions recorded in bundles, plus napari's."""
+    import napari
 
-    from .. import __version__ as ours
+    from ..io.bundle import package_versions
 
-    out = {
-        "napari-deeptrack": ours,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-    }
-    try:
-        import napari
-
-        out["napari"] = napari.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    return out
+    return {**package_versions(), "napari": napari.__version__}
 
 
 def _fmt(v: Any) -> str:

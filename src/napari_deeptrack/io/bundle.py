@@ -30,7 +30,15 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["BUNDLE_FORMAT", "SCHEMA_VERSION", "Bundle", "load_bundle", "read_bundle_config", "save_bundle"]
+__all__ = [
+    "BUNDLE_FORMAT",
+    "SCHEMA_VERSION",
+    "Bundle",
+    "load_bundle",
+    "package_versions",
+    "read_bundle_config",
+    "save_bundle",
+]
 
 BUNDLE_FORMAT = "napari-deeptrack-bundle"
 SCHEMA_VERSION = 1
@@ -40,7 +48,8 @@ _MAX_HEADER = 100_000_000
 
 
 # ---------------------------------------------------------------------------- helpers
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
+    """Versions of this package and of the libraries a model depends on (for bundles and reports)."""
     from .. import __version__
 
     out = {
@@ -138,7 +147,7 @@ def build_config(
         "kind": task.kind,
         "description": task.description,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "versions": _versions(),
+        "versions": package_versions(),
         "seed": seed,
         "model": mcfg,
         "n_parameters": int(sum(p.numel() for p in model.parameters())),
