@@ -463,15 +463,19 @@ class SimulateWidget(Container):
         """Save the simulation as JSON (``sim.serialize.to_json``)."""
         from ..sim.serialize import to_json
 
-        path = path or _file_dialog("save", "Save simulation", "JSON (*.json)")
+        return self._write_pipeline(path, to_json, "Save simulation", "JSON (*.json)", "save", "saved")
+
+    def _write_pipeline(self, path, serialise, title: str, file_filter: str, verb: str, done: str):
+        """Write ``serialise(pipeline)`` to ``path`` (asked for when None); notify; return the path."""
+        path = path or _file_dialog("save", title, file_filter)
         if not path:
             return None
         try:
-            Path(path).write_text(to_json(self.build_pipeline()))
+            Path(path).write_text(serialise(self.build_pipeline()))
         except (ValueError, TypeError, OSError) as exc:
-            notify(f"Could not save the simulation: {exc}", "error")
+            notify(f"Could not {verb} the simulation: {exc}", "error")
             return None
-        notify(f"Simulation saved to {path}")
+        notify(f"Simulation {done} to {path}")
         return Path(path)
 
     def load_config(self, path: str | Path | None = None):
@@ -498,16 +502,9 @@ class SimulateWidget(Container):
         """Export the simulation as a Python script (``sim.serialize.to_python``)."""
         from ..sim.serialize import to_python
 
-        path = path or _file_dialog("save", "Export simulation as Python", "Python (*.py)")
-        if not path:
-            return None
-        try:
-            Path(path).write_text(to_python(self.build_pipeline()))
-        except (ValueError, TypeError, OSError) as exc:
-            notify(f"Could not export the simulation: {exc}", "error")
-            return None
-        notify(f"Simulation exported to {path}")
-        return Path(path)
+        return self._write_pipeline(
+            path, to_python, "Export simulation as Python", "Python (*.py)", "export", "exported"
+        )
 
 
 def _grid(viewer):
