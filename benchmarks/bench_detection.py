@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from _common import cached_or_trained_bundle
 
 from napari_deeptrack.analysis.apply import normalize_input, predict
 from napari_deeptrack.analysis.baselines import locate_trackpy
@@ -105,42 +106,18 @@ def frames_pipeline(task, photons: float):
 
 
 def get_bundle(args):
-    from napari_deeptrack.io.bundle import load_bundle
-    from napari_deeptrack.train import StopFlag, train_task
-
     path = Path(args.cache_dir) / ("particles-2d-dry.zip" if args.dry_run else "particles-2d.zip")
-    if path.exists() and not args.retrain:
-        emit({"case": "model", "source": "cache", "bundle": str(path)})
-        return load_bundle(path)
-    task = get_preset("particles-2d")
-    stop, t0 = StopFlag(), time.perf_counter()
-
-    def deadline(ev):
-        if time.perf_counter() - t0 > 60 * args.max_minutes:
-            stop.stop()
-
-    res = train_task(
-        task,
+    return cached_or_trained_bundle(
         path,
+        get_preset("particles-2d"),
+        retrain=args.retrain,
+        max_minutes=args.max_minutes,
+        emit=emit,
         epochs=args.epochs,
         steps_per_epoch=args.steps,
         device=args.device,
         seed=args.seed,
-        callbacks=[deadline],
-        stop_flag=stop,
     )
-    emit(
-        {
-            "case": "model",
-            "source": "trained",
-            "bundle": str(path),
-            "train_s": round(time.perf_counter() - t0, 1),
-            "epochs_run": len(res.history["epoch"]),
-            "val_loss": res.history["val_loss"][-1],
-        }
-    )
-    return load_bundle(path)
-
 
 def _f1_grid(cands: pd.DataFrame, truth: pd.DataFrame, n_q: int = 25) -> tuple[float, float]:
     """Best F1 over minmass thresholds applied to the candidates (quantiles of their masses)."""

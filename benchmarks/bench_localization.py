@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import cached_or_trained_bundle
 
 from napari_deeptrack.analysis.apply import predict
 from napari_deeptrack.analysis.baselines import extract_patches, gaussian_mle, locate_trackpy, radial_center
@@ -124,47 +125,22 @@ def test_pipeline(photons: float, spread_px: float) -> Pipeline:
 
 
 def get_bundle(args):
-    from napari_deeptrack.io.bundle import load_bundle
-    from napari_deeptrack.train import StopFlag, train_task
-
     path = Path(args.cache_dir) / (
         "particle-localize-na1.2-dry.zip" if args.dry_run else "particle-localize-na1.2.zip"
     )
-    if path.exists() and not args.retrain:
-        emit({"case": "model", "source": "cache", "bundle": str(path)})
-        return load_bundle(path)
-    task = benchmark_task()
-    stop, t0 = StopFlag(), time.perf_counter()
-
-    def deadline(ev):
-        if time.perf_counter() - t0 > 60 * args.max_minutes:
-            stop.stop()
-
-    res = train_task(
-        task,
+    return cached_or_trained_bundle(
         path,
+        benchmark_task(),
+        retrain=args.retrain,
+        max_minutes=args.max_minutes,
+        emit=emit,
+        extra=lambda h: {"val_rmse_px": (h.get("rmse_px") or [None])[-1]},
         epochs=args.epochs,
         steps_per_epoch=args.steps,
         batch_size=args.batch_size,
         device=args.device,
         seed=args.seed,
-        callbacks=[deadline],
-        stop_flag=stop,
     )
-    h = res.history
-    emit(
-        {
-            "case": "model",
-            "source": "trained",
-            "bundle": str(path),
-            "train_s": round(time.perf_counter() - t0, 1),
-            "epochs_run": len(h["epoch"]),
-            "val_loss": h["val_loss"][-1],
-            "val_rmse_px": (h.get("rmse_px") or [None])[-1],
-        }
-    )
-    return load_bundle(path)
-
 
 def _coarse(images: np.ndarray, prior_px: int = 4) -> np.ndarray:
     """Brightest pixel of each lightly smoothed crop within ``prior_px`` of its centre.
