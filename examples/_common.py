@@ -78,5 +78,24 @@ class Reporter:
             f.write(line + "\n")
         return rec
 
+    def train(self, task, out: str | None, args: argparse.Namespace, epochs: int, steps: int, batch: int):
+        """Train ``task`` (bundle saved to ``out`` if given), emit a ``training`` record, return it."""
+        from napari_deeptrack.train import train_task
+
+        res = train_task(
+            task, out, epochs=epochs, steps_per_epoch=steps, batch_size=batch, seed=args.seed,
+            device=args.device,
+        )
+        h = res.history
+        self.emit(
+            "training",
+            epochs=len(h["epoch"]),
+            steps_per_epoch=steps,
+            batch_size=batch,
+            final_train_loss=h["train_loss"][-1],
+            best_val_loss=min(h["val_loss"]),
+        )
+        return res
+
     def done(self, **fields: Any) -> dict[str, Any]:
         return self.emit("done", wall_s=time.perf_counter() - self.t0, **fields)

@@ -21,7 +21,7 @@ from _common import Reporter, base_parser
 
 from napari_deeptrack.analysis.metrics import counting_metrics
 from napari_deeptrack.tasks import get_preset
-from napari_deeptrack.train import normalize, train_task
+from napari_deeptrack.train import normalize
 
 CASE = "cells_count"
 TILE = 128
@@ -59,19 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         epochs, steps, batch, nval = 60, 60, 8, 128
     task.training = {**task.training, "validation_size": nval}
     out = f"{args.out}/cells-count" if args.out else None
-    res = train_task(
-        task, out, epochs=epochs, steps_per_epoch=steps, batch_size=batch, seed=args.seed, device=args.device
-    )
+    res = rep.train(task, out, args, epochs, steps, batch)
     model = res.model.eval()
-    h = res.history
-    rep.emit(
-        "training",
-        epochs=len(h["epoch"]),
-        steps_per_epoch=steps,
-        batch_size=batch,
-        final_train_loss=h["train_loss"][-1],
-        best_val_loss=min(h["val_loss"]),
-    )
 
     names, images, labels, counts = load_bbbc039(args.data)
     norm = task.input_normalization

@@ -29,7 +29,7 @@ from _common import Reporter, base_parser
 from napari_deeptrack.analysis.metrics import match_points
 from napari_deeptrack.analysis.volume3d import positions_from_volume
 from napari_deeptrack.tasks import get_preset
-from napari_deeptrack.train import normalize, train_task
+from napari_deeptrack.train import normalize
 
 CASE = "holography_3d"
 TOLERANCE_PX = 3.0
@@ -124,19 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     out = f"{args.out}/holography-3d" if args.out else None
-    res = train_task(
-        task, out, epochs=epochs, steps_per_epoch=steps, batch_size=batch, seed=args.seed, device=args.device
-    )
+    res = rep.train(task, out, args, epochs, steps, batch)
     model = res.model.eval().cpu()
-    h = res.history
-    rep.emit(
-        "training",
-        epochs=len(h["epoch"]),
-        steps_per_epoch=steps,
-        batch_size=batch,
-        final_train_loss=h["train_loss"][-1],
-        best_val_loss=min(h["val_loss"]),
-    )
     with torch.no_grad():
         prob = torch.cat(
             [

@@ -30,7 +30,7 @@ from napari_deeptrack.analysis.metrics import segmentation_metrics
 from napari_deeptrack.analysis.segment import instance_labels
 from napari_deeptrack.tasks import get_preset
 from napari_deeptrack.tasks.presets_cells import boundary_classes
-from napari_deeptrack.train import normalize, train_task
+from napari_deeptrack.train import normalize
 
 CASE = "nuclei_segment"
 IOU_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -142,19 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         epochs, steps, batch, nval = 40, 50, 8, 64
     task.training = {**task.training, "validation_size": nval}
     out = f"{args.out}/nuclei-segment" if args.out else None
-    res = train_task(
-        task, out, epochs=epochs, steps_per_epoch=steps, batch_size=batch, seed=args.seed, device=args.device
-    )
+    res = rep.train(task, out, args, epochs, steps, batch)
     model = res.model.eval().cpu()
-    h = res.history
-    rep.emit(
-        "training",
-        epochs=len(h["epoch"]),
-        steps_per_epoch=steps,
-        batch_size=batch,
-        final_train_loss=h["train_loss"][-1],
-        best_val_loss=min(h["val_loss"]),
-    )
 
     names, images, labels, counts = load_bbbc039(args.data)
     # ceiling of the read-out: a perfect network output (the classes of the real labels)
