@@ -13,7 +13,7 @@ from napari_deeptrack.io.bundle import load_bundle, read_bundle_config
 TINY = [
     "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "4", "--device", "cpu", "--quiet",
     "--set", "training.validation_size=8",
-    "--set", 'model={"type": "CNN", "channels": [4, 8], "dense": [8], "pool_to": 2}',
+    "--set", 'model={"type": "CNN", "out_features": 4, "channels": [4, 8], "dense": [8], "pool_to": 2}',
 ]  # fmt: skip
 
 

@@ -40,7 +40,14 @@ from .segment import instance_labels
 from .tracking import diffusion_coefficients, link_tracks
 from .volume3d import positions_from_volume
 
-__all__ = ["FULLY_CONVOLUTIONAL_KINDS", "PredictionResult", "normalize_input", "predict", "run_model"]
+__all__ = [
+    "FULLY_CONVOLUTIONAL_KINDS",
+    "PredictionResult",
+    "dihedral_average",
+    "normalize_input",
+    "predict",
+    "run_model",
+]
 
 FULLY_CONVOLUTIONAL_KINDS = ("detection", "counting", "segmentation", "tracking-3d", "image-to-image")
 
@@ -167,6 +174,50 @@ def run_model(
     return out[..., :h, :w]
 
 
+def dihedral_average(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    fields: list[str],
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Test-time augmentation of a crop regressor over the 8 flips and 90-degree rotations.
+
+    Each crop ``[T, C, S, S]`` is transposed and/or flipped, the model's ``(y, x)`` offsets from the
+    crop centre are mapped back, and the 8 estimates are averaged (other fields, and log sigmas of
+    ``gaussian_nll`` models, are averaged as they are; sigmas follow their axis through a transpose).
+    Averaging cancels the part of the network's error that does not follow the symmetry, which
+    dominates for bright particles. Only valid when the point-spread function and the task are
+    symmetric under these operations (in-focus or defocused aberration-free optics; not with coma
+    or astigmatism), which is why it is opt-in (``postprocess["test_time_augmentation"]``).
+    """
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"dihedral test-time augmentation needs square crops, got {tuple(x.shape[-2:])}")
+    if "y" not in fields or "x" not in fields:
+        raise ValueError(f"dihedral test-time augmentation needs 'y' and 'x' fields, got {fields}")
+    k = len(fields)
+    iy, ix = fields.index("y"), fields.index("x")
+    dev = torch.device(device)
+    total = None
+    for transpose in (False, True):
+        for flip_y in (False, True):
+            for flip_x in (False, True):
+                xt = x.transpose(-1, -2) if transpose else x
+                dims = [d for d, f in ((-2, flip_y), (-1, flip_x)) if f]
+                xt = xt.flip(dims) if dims else xt
+                out = _batched(model, xt.contiguous(), batch_size, dev).reshape(len(x), -1).clone()
+                if flip_y:
+                    out[:, iy] = -out[:, iy]
+                if flip_x:
+                    out[:, ix] = -out[:, ix]
+                if transpose:
+                    cols = [iy, ix] + ([k + iy, k + ix] if out.shape[1] == 2 * k else [])
+                    swapped = [ix, iy] + ([k + ix, k + iy] if out.shape[1] == 2 * k else [])
+                    out[:, cols] = out[:, swapped].clone()
+                total = out if total is None else total + out
+    return total / 8.0
+
+
 def _activation(out: torch.Tensor, name: str) -> torch.Tensor:
     if name == "sigmoid":
         return torch.sigmoid(out)
@@ -242,6 +293,7 @@ def predict(
     pixel_size_um: float | None = None,
     frame_interval_s: float | None = None,
     min_signal: float | None = None,
+    test_time_augmentation: str | None = None,
 ) -> PredictionResult:
     """Run a trained bundle on images and post-process its output according to ``task.kind``.
 
@@ -275,6 +327,10 @@ def predict(
         (it removes noise clusters that a detector trained down to SNR ~1 flags in bright data).
         Default ``task.postprocess["min_signal"]`` (absent: no filter). Likewise
         ``postprocess["min_mass"]`` drops detections whose summed probability is lower.
+    test_time_augmentation : {'none', 'dihedral'} or None
+        Localization tasks: ``dihedral`` averages the estimates over the 8 flips and 90-degree
+        rotations of each crop (:func:`dihedral_average`; only for symmetric PSFs). Default
+        ``task.postprocess["test_time_augmentation"]`` (absent: none).
 
     Returns
     -------
@@ -305,16 +361,26 @@ def predict(
     model.eval()
     model.to(torch.device(device))
     xn = normalize_input(x, task.input_normalization)
-    raw = run_model(
-        model,
-        xn,
-        fully_conv,
-        _down_factor(task.model),
-        int(batch_size),
-        int(tile_size),
-        int(tile_overlap),
-        device,
-    )
+    tta = test_time_augmentation
+    if tta is None:
+        tta = pp.get("test_time_augmentation", "none")
+    if tta not in ("none", "dihedral", False, True):
+        raise ValueError(f"test_time_augmentation must be 'none' or 'dihedral', got {tta!r}")
+    if tta in ("dihedral", True) and kind == "localization":
+        fields = list(getattr(_target(task), "fields", []))
+        with torch.no_grad():
+            raw = dihedral_average(model, xn, fields, int(batch_size), device)
+    else:
+        raw = run_model(
+            model,
+            xn,
+            fully_conv,
+            _down_factor(task.model),
+            int(batch_size),
+            int(tile_size),
+            int(tile_overlap),
+            device,
+        )
     out = _activation(raw, pp.get("activation", "none")).numpy()
     thr = float(threshold if threshold is not None else pp.get("threshold", 0.5))
     labels = counts = None
@@ -380,7 +446,9 @@ def predict(
         det = det.assign(track_id=np.arange(len(det), dtype=np.int64))
     track_props = None
     if kind == "characterization" and "track_id" in det.columns:
-        props = [c for c in det.columns if c not in ("frame", "y", "x", "track_id")]
+        props = [
+            c for c in det.columns if c not in ("frame", "y", "x", "track_id") and not c.endswith("_sigma")
+        ]
         track_props = aggregate_tracks(det, props)
     maps = out if out.ndim == 4 else out.reshape(t_n, -1)
     return PredictionResult(

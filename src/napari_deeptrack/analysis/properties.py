@@ -30,8 +30,11 @@ def regression_to_table(
 
     Parameters
     ----------
-    outputs : array [N, K]
-        Raw network outputs (scaled as the target was).
+    outputs : array [N, K] or [N, 2K]
+        Raw network outputs (scaled as the target was). With ``2K`` columns (a model trained with
+        the ``gaussian_nll`` loss) the last K are log standard deviations: the table then gets a
+        ``<field>_sigma`` column per field, the network's own 1-sigma uncertainty in the field's
+        units (pixels for ``y`` and ``x``).
     fields : sequence of str
         Names of the K outputs (``y``, ``x``, ``z_um``, ``radius_um``, ``n_real``...).
     offset, scale : sequences of float or None
@@ -45,15 +48,21 @@ def regression_to_table(
     Returns
     -------
     DataFrame
-        ``frame`` (image index) and one column per field.
+        ``frame`` (image index), one column per field, and ``<field>_sigma`` columns for ``2K``
+        outputs.
     """
     out = outputs.detach().cpu().numpy() if hasattr(outputs, "detach") else np.asarray(outputs)
     out = np.asarray(out, dtype=np.float64)
     if out.ndim == 1:
         out = out[None]
     k = len(fields)
-    if out.ndim != 2 or out.shape[1] != k:
-        raise ValueError(f"outputs must be [N, {k}] for fields {list(fields)}, got shape {out.shape}")
+    if out.ndim != 2 or out.shape[1] not in (k, 2 * k):
+        raise ValueError(
+            f"outputs must be [N, {k}] (or [N, {2 * k}] with log sigmas) for fields {list(fields)}, "
+            f"got shape {out.shape}"
+        )
+    log_sigma = out[:, k:] if out.shape[1] == 2 * k else None
+    out = out[:, :k]
     off = np.zeros(k) if offset is None else np.asarray(offset, dtype=np.float64)
     sc = np.ones(k) if scale is None else np.asarray(scale, dtype=np.float64)
     if off.shape != (k,) or sc.shape != (k,):
@@ -65,6 +74,9 @@ def regression_to_table(
         if relative_to_center and image_shape is not None and name in ("y", "x"):
             v = v + (image_shape[0 if name == "y" else 1] - 1) / 2.0
         df[name] = v
+    if log_sigma is not None:
+        for j, name in enumerate(fields):
+            df[f"{name}_sigma"] = np.exp(np.clip(log_sigma[:, j], -30.0, 30.0)) * abs(sc[j])
     return df
 
 

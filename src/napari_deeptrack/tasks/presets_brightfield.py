@@ -42,7 +42,7 @@ from ..sim.params import Distribution, ParamLike, check_range, sample, support
 from ..sim.pipeline import SimBatch, Transform
 from ..sim.serialize import register
 from .base import Task
-from .presets_particles import OFFSET_CNN, OFFSET_POSTPROCESS
+from .presets_particles import OFFSET_CNN, OFFSET_LOSS, OFFSET_POSTPROCESS
 from .registry import register_preset
 
 __all__ = [
@@ -206,7 +206,7 @@ def brightfield_localize() -> Task:
         pipeline=brightfield_pipeline(),
         target="offset",
         model=copy.deepcopy(OFFSET_CNN),
-        loss={"type": "mae"},
+        loss=dict(OFFSET_LOSS),
         input_normalization=dict(ROBUST),
         postprocess=dict(OFFSET_POSTPROCESS),
         pixel_size_um=PIXEL_SIZE_UM,

@@ -36,7 +36,7 @@ class TrainResult:
 
 def localization_metrics(pred: torch.Tensor, val: ValidationSet) -> dict[str, float]:
     """RMSE of the predicted (y, x) in pixels: radial ``sqrt(mean(dy^2 + dx^2))`` and per axis."""
-    t = val.targets.to(pred.dtype).reshape(pred.shape)
+    t = val.targets.to(pred.dtype).reshape(len(pred), -1)  # models with log sigmas output more
     d = pred[:, :2] - t[:, :2]
     return {
         "rmse_px": float(d.pow(2).sum(1).mean().sqrt()),

@@ -12,6 +12,11 @@
 - ``dice``: soft Dice loss on ``sigmoid(logits)`` (binary masks).
 - ``sum``: weighted sum of ``terms`` (``[{"type": "bce", "weight": 1}, {"type": "dice", "weight": 1}]``).
 - ``pix2pix``: adversarial + L1 for the conditional GAN (see :class:`Pix2PixLoss`).
+- ``gaussian_nll``: heteroscedastic regression. The model outputs ``2K`` values per sample, the
+  K estimates then K log standard deviations; the loss is the Gaussian negative log-likelihood
+  ``log(sigma) + (target - estimate)^2 / (2 sigma^2)`` (see :class:`GaussianNLLLoss`). Each sample is
+  weighted by its own ``1 / sigma^2``, so bright particles, whose errors are tiny, are not drowned by
+  dim ones as they are under MAE or MSE, and the network reports a per-sample uncertainty.
 
 Validation always uses :meth:`Loss.validation`, which for weighted BCE is the unweighted BCE so that
 validation losses stay comparable when the weight schedule switches.
@@ -24,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LOSSES", "BCELoss", "Loss", "Pix2PixLoss", "build_loss", "scheduled_value"]
+__all__ = ["LOSSES", "BCELoss", "GaussianNLLLoss", "Loss", "Pix2PixLoss", "build_loss", "scheduled_value"]
 
 
 def scheduled_value(schedule: Any, progress: float, epoch: int, unit: str = "fraction") -> float:
@@ -215,8 +220,40 @@ class Pix2PixLoss(Loss):
         return F.l1_loss(pred, _match(pred, target))
 
 
+class GaussianNLLLoss(Loss):
+    """Gaussian negative log-likelihood of ``K`` targets from ``2K`` outputs (estimates, log sigmas).
+
+    ``log_sigma`` is clamped to ``[min_log_sigma, max_log_sigma]`` (default -9 and 5, i.e. sigma from
+    1e-4 to 150 target units) so that a sample the network has learned exactly cannot drive the loss
+    to minus infinity. Validation is the same likelihood (it rewards calibrated uncertainties as
+    well as accurate estimates).
+    """
+
+    name = "gaussian_nll"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.lo = float(config.get("min_log_sigma", -9.0))
+        self.hi = float(config.get("max_log_sigma", 5.0))
+        if not self.lo < self.hi:
+            raise ValueError(f"gaussian_nll needs min_log_sigma < max_log_sigma, got {self.lo}, {self.hi}")
+
+    def __call__(self, pred, target):
+        target = target.to(pred.device).to(pred.dtype).reshape(len(pred), -1)
+        k = target.shape[1]
+        if pred.dim() != 2 or pred.shape[1] != 2 * k:
+            raise ValueError(
+                f"gaussian_nll needs the model to output 2 x {k} values (estimates, log sigmas) per "
+                f"sample for {k} targets, got output shape {tuple(pred.shape)}; set the model's "
+                f"out_features to {2 * k} (or use the mae loss)"
+            )
+        mu, log_sigma = pred[:, :k], pred[:, k:].clamp(self.lo, self.hi)
+        return (log_sigma + 0.5 * ((target - mu) * torch.exp(-log_sigma)) ** 2).mean()
+
+
 LOSSES: dict[str, type[Loss]] = {
-    c.name: c for c in (MAELoss, MSELoss, BCELoss, CELoss, DiceLoss, SumLoss, Pix2PixLoss)
+    c.name: c
+    for c in (MAELoss, MSELoss, BCELoss, CELoss, DiceLoss, SumLoss, Pix2PixLoss, GaussianNLLLoss)
 }
 
 
