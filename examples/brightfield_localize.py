@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         snr = float(((clean - 1).abs().amax(dim=(1, 2)) * np.sqrt(n)).mean())
         timg, ttru = tune.image[:, 0].numpy(), tune.scene.position[:, 0, :2].double().numpy()
         img, tru = test.image[:, 0].numpy(), test.scene.position[:, 0, :2].double().numpy()
-        cnn = predict(bundle, img, batch_size=64).detections[["y", "x"]].to_numpy()
+        det = predict(bundle, img, batch_size=64).detections
+        cnn = det[["y", "x"]].to_numpy()
         half = min(HALF_WIDTHS, key=lambda hw: _rmse(radial(timg, hw), ttru))
         rad = radial(img, half)
         bound, bound_z = crlb_px(n, size, n_sub)
@@ -129,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             "n_test": n_test,
             "cnn_rmse_px": _rmse(cnn, tru),
             "radial_rmse_px": _rmse(rad, tru),
+            # the network's own 1-sigma estimate (RMS over crops), to compare with its actual RMSE
+            "cnn_sigma_px": float(np.sqrt(np.mean((det["y_sigma"] ** 2 + det["x_sigma"] ** 2) / 2))),
             "radial_half_width_px": half,
             "crlb_px": bound,
             "crlb_z_um": bound_z,
