@@ -1,5 +1,6 @@
 """Case-study presets (issue 7): each simulates a batch of the right shapes and its model runs on it;
-helpers of the examples are checked on small known inputs; the quickest example runs end to end."""
+helpers of the examples are checked on small known inputs (the examples' quick modes run in
+``test_examples_quick.py``)."""
 
 from __future__ import annotations
 
@@ -223,117 +224,6 @@ def test_characterize_target_scales_back_to_the_scene_values():
     large = characterize_pipeline(radius_um=0.5, refractive_index=1.59, z_um=0.0).with_(transforms=[])
     dev = [float((pp(1, seed=0).image[:, 0] - 1).abs().sum()) for pp in (small, large)]
     assert dev[1] > 2 * dev[0]
-
-
-# ---------------------------------------------------------------------------- examples
-def _run_example(script: str, tmp_path: Path, *extra: str, timeout: float = 600) -> list[dict]:
-    results = tmp_path / f"{script}.jsonl"
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(EXAMPLES / f"{script}.py"),
-            "--quick",
-            "--threads",
-            "1",
-            "--results",
-            str(results),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [json.loads(s) for s in results.read_text().splitlines()]
-    printed = [json.loads(s) for s in proc.stdout.splitlines() if s.startswith("{")]
-    assert printed == lines
-    return lines
-
-
-@pytest.mark.slow
-def test_digits_example_quick_passes_floor(tmp_path):
-    lines = _run_example("digits_classify", tmp_path)
-    test = next(r for r in lines if r["record"] == "test")
-    assert test["n_test"] == 450
-    assert test["accuracy"] > 0.9  # chance is 0.1; the quick run measured 0.97
-    cm = np.asarray(test["confusion_matrix"])
-    assert cm.shape == (10, 10) and cm.sum() == 450
-
-
-@pytest.mark.slow
-def test_holography_3d_example_quick_passes_floor(tmp_path):
-    """Case 5 in quick mode (91 s on one thread): the network finds the spheres over the whole z
-    range. Measured: recall 0.99, precision 0.99, x/y RMSE 0.06 um, z RMSE 0.64 um (the full mode
-    reaches 0.14 um). A network that outputs empty volumes (the BCE-only preset) had recall 0.05."""
-    lines = _run_example("holography_3d", tmp_path)
-    exact = next(r for r in lines if r["record"] == "targets_readout" and r["method"] == "fit")
-    assert exact["overall"]["recall"] == 1.0 and exact["overall"]["rmse_z_um"] < 0.06
-    done = next(r for r in lines if r["record"] == "done")
-    assert done["recall"] > 0.9 and done["precision"] > 0.9
-    assert max(done["rmse_x_um"], done["rmse_y_um"]) < 0.15  # 1 px = 0.15 um
-    assert done["rmse_z_um"] < 1.2  # the z range is 8 um
-    net = next(r for r in lines if r["record"] == "network" and r["method"] == "fit")
-    assert all(b["recall"] > 0.7 for b in net["per_z_bin"])  # edges included
-
-
-@pytest.mark.slow
-def test_brightfield_example_quick_beats_radial_symmetry_at_low_snr(tmp_path):
-    """Case 2 in quick mode (80 s on one thread). Measured: CNN / radial RMSE 0.42 at SNR 1.8 and
-    0.62 at SNR 3.1; the CNN stays within 3x the CRLB at the lowest SNR and reports its own
-    uncertainty within a factor 2 of its actual RMSE."""
-    lines = _run_example("brightfield_localize", tmp_path)
-    levels = sorted((r for r in lines if r["record"] == "snr_level"), key=lambda r: r["photons_per_px"])
-    assert len(levels) == 5
-    assert levels[0]["cnn_over_radial"] < 0.7 and levels[1]["cnn_over_radial"] < 0.85
-    assert levels[0]["cnn_over_crlb"] < 3.0
-    for r in levels:
-        assert 0.5 < r["cnn_sigma_px"] / r["cnn_rmse_px"] < 2.0
-
-
-@pytest.mark.slow
-def test_characterize_example_quick_separates_the_two_populations(tmp_path):
-    """Case 3 in quick mode. Measured (first session): validation MAE 10 nm in radius and 0.011 in
-    index; all 24 tracks assigned to the right population; track-averaged radius MAE 4 nm."""
-    lines = _run_example("holography_characterize", tmp_path)
-    train = next(r for r in lines if r["record"] == "training")
-    assert train["val_mae_radius_um"] < 0.04 and train["val_mae_n"] < 0.04  # ranges 0.45 um and 0.24
-    tracks = next(r for r in lines if r["record"] == "tracks")
-    assert tracks["n_tracks"] == 24
-    assert tracks["separation_accuracy"] >= 0.9
-    assert tracks["track_mean_mae_radius_um"] < 0.03
-
-
-@pytest.mark.slow
-def test_cells_count_example_quick_counts_real_nuclei(tmp_path):
-    """Case 6 in quick mode on the real BBBC039 images. Measured (first session): whole-image relative
-    error 9.8 %, 128-px tiles MAE 1.06 nuclei (mean 4.45 per tile)."""
-    lines = _run_example("cells_count", tmp_path)
-    whole = next(r for r in lines if r["record"] == "whole_images")
-    assert whole["n_images"] == 10
-    assert whole["network"]["relative_error"] < 0.25
-    tiles = next(r for r in lines if r["record"] == "tiles_128")
-    assert tiles["network"]["mae"] < 2.0
-
-
-@pytest.mark.slow
-def test_mask_to_image_example_quick_runs_the_gan_as_a_simulator(tmp_path):
-    """Case 7 in quick mode (38 s): pix2pix on the real BBBC039 nuclei, then the generator inside a
-    simulation pipeline. The quick GAN is undertrained (measured SSIM 0.45, Pearson 0.82 against
-    the held-out real images; the full mode ties the class-mean baseline at 0.82 / 0.92), so the
-    floors check that it learned the mask-to-nucleus mapping, not image quality."""
-    lines = _run_example("mask_to_image", tmp_path, "--out", str(tmp_path / "m2i"))
-    test = next(r for r in lines if r["record"] == "test")
-    assert test["generated_vs_real"]["pearson"] > 0.6
-    assert test["generated_vs_real"]["ssim"] > 0.3
-    sim = next(r for r in lines if r["record"] == "simulation")
-    assert sim["same_scenes"] is True and sim["n_images"] == 8
-    train = next(r for r in lines if r["record"] == "training")
-    lo, hi = sim["generated_grey_range"]
-    assert train["grey_low"] - 1 <= lo < hi <= train["grey_high"] + 1  # grey values of the real images
-    assert (tmp_path / "m2i" / "mask_to_image_panel.png").stat().st_size > 1000
 
 
 def test_bundle_of_a_case_preset_loads_in_a_fresh_interpreter(tmp_path):
