@@ -87,3 +87,35 @@ def test_dihedral_average_cancels_a_non_equivariant_bias_and_keeps_axes():
         dihedral_average(model, x[..., :-1], ["y", "x"])
     with pytest.raises(ValueError, match="'y' and 'x'"):
         dihedral_average(model, x, ["radius_um", "n_real"])
+
+
+def test_dihedral_averaging_is_refused_or_switched_off_for_asymmetric_optics():
+    from napari_deeptrack.analysis.apply import dihedral_asymmetry, predict
+    from napari_deeptrack.io.bundle import Bundle
+    from napari_deeptrack.nn import build_model
+    from napari_deeptrack.sim import Astigmatism, Fluorescence, Uniform, Zernike
+    from napari_deeptrack.tasks import get_preset
+
+    task = get_preset("particle-localize")
+    assert task.postprocess["test_time_augmentation"] == "dihedral"
+    assert dihedral_asymmetry(task.pipeline.optics) is None
+    optics = dict(NA=1.2, wavelength_um=0.6, pixel_size_um=0.1)
+    sym = Fluorescence(**optics, aberrations=[Zernike.named("spherical", 0.5), Zernike.named("coma_x", 0.0)])
+    assert dihedral_asymmetry(sym) is None  # m = 0, or a term fixed at zero
+    coma = Fluorescence(**optics, aberrations=[Zernike.named("coma_x", Uniform(-0.3, 0.3))])
+    assert "m=1" in dihedral_asymmetry(coma)
+    assert "Astigmatism" in dihedral_asymmetry(Fluorescence(**optics, phase_mask=Astigmatism()))
+
+    torch.manual_seed(0)
+    model = build_model(task.model).eval()
+    crops = task.pipeline(4, seed=1).image[:, 0].numpy()
+    ok = predict(Bundle(model, task), crops)
+    assert ok.info["test_time_augmentation"] == "dihedral"
+    task.pipeline.optics = coma  # a user edited the optics after choosing the preset
+    with pytest.warns(UserWarning, match="switched off"):
+        res = predict(Bundle(model, task), crops)
+    assert res.info["test_time_augmentation"] == "none"
+    single = predict(Bundle(model, task), crops, test_time_augmentation="none")
+    np.testing.assert_allclose(res.detections[["y", "x"]], single.detections[["y", "x"]])
+    with pytest.raises(ValueError, match="coma|m=1"):
+        predict(Bundle(model, task), crops, test_time_augmentation="dihedral")

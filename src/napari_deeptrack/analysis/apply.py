@@ -24,6 +24,7 @@ Positions are in pixels of the input images (centre of the top-left pixel at (0,
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,7 @@ from .volume3d import positions_from_volume
 __all__ = [
     "FULLY_CONVOLUTIONAL_KINDS",
     "PredictionResult",
+    "dihedral_asymmetry",
     "dihedral_average",
     "normalize_input",
     "predict",
@@ -172,6 +174,25 @@ def run_model(
             out[..., y0 + a0 : y0 + a1, x0 + b0 : x0 + b1] = out_tiles[:, k, :, a0:a1, b0:b1]
             k += 1
     return out[..., :h, :w]
+
+
+def dihedral_asymmetry(optics: Any) -> str | None:
+    """Why ``optics`` gives a PSF that flips or 90-degree rotations change, or None when they do not.
+
+    Aberration-free pupils with defocus (and rotationally symmetric Zernike terms, ``m = 0``, such as
+    spherical aberration) are symmetric. Any other Zernike term whose coefficient is not fixed at 0
+    (coma, astigmatism, trefoil...) and any engineered phase mask (astigmatic lens, double helix,
+    tetrapod) breaks the symmetry, and with it :func:`dihedral_average`.
+    """
+    reasons = []
+    for ab in list(getattr(optics, "aberrations", None) or []):
+        coef = getattr(ab, "coefficient", 0.0)
+        fixed_zero = coef == 0 if isinstance(coef, int | float) else getattr(coef, "value", None) == 0
+        if int(getattr(ab, "m", 0)) != 0 and not fixed_zero:
+            reasons.append(f"Zernike n={ab.n}, m={ab.m}")
+    if getattr(optics, "phase_mask", None) is not None:
+        reasons.append(f"phase mask {type(optics.phase_mask).__name__}")
+    return ", ".join(reasons) or None
 
 
 def dihedral_average(
@@ -329,8 +350,10 @@ def predict(
         ``postprocess["min_mass"]`` drops detections whose summed probability is lower.
     test_time_augmentation : {'none', 'dihedral'} or None
         Localization tasks: ``dihedral`` averages the estimates over the 8 flips and 90-degree
-        rotations of each crop (:func:`dihedral_average`; only for symmetric PSFs). Default
-        ``task.postprocess["test_time_augmentation"]`` (absent: none).
+        rotations of each crop (:func:`dihedral_average`; only for symmetric PSFs: asking for it
+        with asymmetric optics, see :func:`dihedral_asymmetry`, is an error). Default
+        ``task.postprocess["test_time_augmentation"]`` (absent: none), which is switched off with a
+        warning when the task's optics are not symmetric.
 
     Returns
     -------
@@ -367,6 +390,21 @@ def predict(
     if tta not in ("none", "dihedral", False, True):
         raise ValueError(f"test_time_augmentation must be 'none' or 'dihedral', got {tta!r}")
     if tta in ("dihedral", True) and kind == "localization":
+        why = dihedral_asymmetry(getattr(task.pipeline, "optics", None))
+        if why and test_time_augmentation is not None:
+            raise ValueError(
+                f"test_time_augmentation='dihedral' needs a PSF that flips and 90-degree rotations leave "
+                f"unchanged; this task's optics break that symmetry ({why}). Use 'none'."
+            )
+        if why:  # the task asks for it but its (edited) optics do not allow it: one pass instead
+            warnings.warn(
+                f"test-time augmentation switched off: the optics of task {task.name!r} are not symmetric "
+                f"({why})",
+                stacklevel=2,
+            )
+            tta = "none"
+    info_tta = "dihedral" if tta in ("dihedral", True) and kind == "localization" else "none"
+    if info_tta == "dihedral":
         fields = list(getattr(_target(task), "fields", []))
         with torch.no_grad():
             raw = dihedral_average(model, xn, fields, int(batch_size), device)
@@ -389,6 +427,7 @@ def predict(
         "tile_size": int(tile_size),
         "n_frames": int(t_n),
         "image_shape": [int(h), int(w)],
+        "test_time_augmentation": info_tta,
     }
     if kind == "detection":
         # optional brightness filters (off unless the task's postprocess sets them): summed
