@@ -452,3 +452,28 @@ def test_user_layer_with_output_name_is_not_overwritten(make_napari_viewer, qtbo
     assert len(mine.data) == 1 and np.allclose(mine.data, [[5.0, 5.0]])
     out = viewer.layers["DeepTrack detections [2]"]
     assert len(out.data) >= 3
+
+
+def test_loss_plot_switches_to_a_linear_axis_for_negative_likelihood_losses(qtbot):
+    from napari_deeptrack._napari._plot import LossPlot
+
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.resize(300, 160)
+    for step, loss in enumerate([2.0, 0.5, 0.1]):
+        plot.add_event({"type": "batch", "step": step, "loss": loss})
+    plot.grab()  # paints
+    assert plot.log_y
+    plot.add_event({"type": "epoch", "step": 3, "loss": -1.5, "val_loss": -2.4})  # gaussian_nll
+    image = plot.grab().toImage()
+    assert not plot.log_y
+    # the orange validation point at the minimum is drawn inside the plot, at its bottom edge
+    h = image.height()
+    orange = [
+        (x, y)
+        for x in range(image.width())
+        for y in range(h - 40, h - 18)
+        if image.pixelColor(x, y).red() > 200 and 120 < image.pixelColor(x, y).green() < 180
+    ]
+    assert orange, "the negative validation loss is not drawn"
+

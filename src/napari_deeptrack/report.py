@@ -172,7 +172,9 @@ def plot_loss_curve(
     batch_losses: Sequence[float] | None = None,
     title: str = "training",
 ) -> Path:
-    """Training and validation loss per epoch (log scale), and per batch when ``batch_losses`` is given.
+    """Training and validation loss per epoch, and per batch when ``batch_losses`` is given.
+
+    The y axis is logarithmic unless a loss is zero or negative (likelihood losses), then linear.
 
     Parameters
     ----------
@@ -199,8 +201,8 @@ def plot_loss_curve(
             ax.axvline(be + 1, color="gray", ls=":", lw=1, label=f"best epoch ({be + 1})")
     else:
         ax.text(0.5, 0.5, "no completed epoch", ha="center", va="center", transform=ax.transAxes)
-    vals = [v for v in (*history.get("train_loss", []), *history.get("val_loss", [])) if v and v > 0]
-    if vals:
+    vals = [v for v in (*history.get("train_loss", []), *history.get("val_loss", [])) if v == v]
+    if vals and min(vals) > 0:  # a likelihood loss (gaussian_nll) goes negative: stay linear then
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")

@@ -12,7 +12,11 @@ __all__ = ["LossPlot"]
 
 
 class LossPlot(QWidget):
-    """Training loss per batch (thin), mean training loss and validation loss per epoch (thick), log y."""
+    """Training loss per batch (thin), mean training loss and validation loss per epoch (thick).
+
+    The y axis is logarithmic while every loss is positive, linear otherwise (a likelihood loss such
+    as ``gaussian_nll`` goes negative as the network becomes confident).
+    """
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -26,6 +30,7 @@ class LossPlot(QWidget):
         self.epoch_steps: list[float] = []
         self.epoch_train: list[float] = []
         self.epoch_val: list[float] = []
+        self.log_y = True
         self.update()
 
     @property
@@ -52,35 +57,38 @@ class LossPlot(QWidget):
         area = QRectF(left, top, max(w - left - right, 10), max(h - top - bottom, 10))
         p.setPen(QPen(QColor(120, 120, 120)))
         p.drawRect(area)
-        values = [v for v in self.batch_loss + self.epoch_train + self.epoch_val if _finite(v) and v > 0]
+        values = [v for v in self.batch_loss + self.epoch_train + self.epoch_val if _finite(v)]
         steps = self.batch_steps + self.epoch_steps
         if not values or not steps:
             p.setPen(QColor(180, 180, 180))
             p.drawText(area, Qt.AlignmentFlag.AlignCenter, "loss curves appear here while training")
             p.end()
             return
-        lo, hi = math.log10(min(values)), math.log10(max(values))
+        self.log_y = min(values) > 0
+        scale = math.log10 if self.log_y else float
+        lo, hi = scale(min(values)), scale(max(values))
         if hi - lo < 1e-6:
             lo, hi = lo - 0.5, hi + 0.5
         x_max = max(max(steps), 1.0)
 
         def pt(s, v):
-            y = (math.log10(max(v, 1e-30)) - lo) / (hi - lo)
+            y = (scale(v) - lo) / (hi - lo)
             return QPointF(area.left() + area.width() * s / x_max, area.bottom() - area.height() * y)
 
         self._line(p, self.batch_steps, self.batch_loss, pt, QColor(90, 140, 200), 1.0)
         self._line(p, self.epoch_steps, self.epoch_train, pt, QColor(80, 170, 255), 2.5)
         self._line(p, self.epoch_steps, self.epoch_val, pt, QColor(255, 150, 60), 2.5)
         p.setPen(QColor(200, 200, 200))
-        p.drawText(QPointF(2, area.top() + 10), f"{10**hi:.2g}")
-        p.drawText(QPointF(2, area.bottom()), f"{10**lo:.2g}")
+        top_label, bottom_label = (10**hi, 10**lo) if self.log_y else (hi, lo)
+        p.drawText(QPointF(2, area.top() + 10), f"{top_label:.2g}")
+        p.drawText(QPointF(2, area.bottom()), f"{bottom_label:.2g}")
         p.drawText(QPointF(area.left(), h - 4), "train (blue)  validation (orange)   step")
         p.drawText(QPointF(area.right() - 40, h - 4), f"{int(x_max)}")
         p.end()
 
     @staticmethod
     def _line(p, xs, ys, pt, color, width) -> None:
-        pts = [pt(x, y) for x, y in zip(xs, ys) if _finite(y) and y > 0]
+        pts = [pt(x, y) for x, y in zip(xs, ys) if _finite(y)]
         if not pts:
             return
         p.setPen(QPen(color, width))

@@ -33,8 +33,8 @@ def plot_loss_curves(history: dict, path: str | Path) -> Path | None:
         ax.axvline(history["best_epoch"] + 1, color="grey", ls="--", lw=1, label="best checkpoint")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
-    vals = [v for v in history.get("train_loss", []) + history.get("val_loss", []) if v and v > 0]
-    if vals and max(vals) / min(vals) > 20:
+    vals = [v for v in history.get("train_loss", []) + history.get("val_loss", []) if v == v]
+    if vals and min(vals) > 0 and max(vals) / min(vals) > 20:  # linear when a likelihood loss is negative
         ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()
