@@ -118,3 +118,13 @@ def test_info_flags_overfitting():
     h["val_loss"] = [0.9, 0.7, 0.69, 0.68]
     h["best_epoch"] = 3
     assert overfitting_note(h) is None
+
+
+def test_train_time_budget(tmp_path, capsys):
+    out = str(tmp_path / "m")
+    rc = main(["train", "particle-localize", "--out", out, "--max-minutes", "0.00001", *TINY[2:]])  # 10 ep.
+    assert rc == 0
+    assert "time_limit" in capsys.readouterr().out  # cut short, the first epoch still validated and saved
+    assert load_bundle(tmp_path / "m").task.name == "particle-localize"
+    bad = ["train", "particle-localize", "--out", str(tmp_path / "n"), "--max-minutes", "-1", *TINY]
+    assert main(bad) != 0

@@ -2,6 +2,7 @@
 events / stop / early stopping, determinism, fine-tuning, and a short particle-localize run."""
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -265,6 +266,33 @@ def test_early_stopping_after_patience():
     )
     h = t.fit()
     assert h["reason"] == "early_stopping" and h["epoch"] == [0, 1, 2] and h["best_epoch"] == 0
+
+
+def test_time_budget_shortens_the_run_and_still_completes_the_lr_schedule():
+    class Slow(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = build_model({"type": "CNN", "channels": [4], "dense": [], "pool_to": 1})
+
+        def forward(self, x):
+            time.sleep(0.02)  # ~0.1 s per 4-step epoch (plus validation)
+            return self.net(x)
+
+    x = torch.randn(8, 1, 8, 8)
+    y = torch.randn(8, 2)
+    data = ArrayDataset(x, y, batch_size=4, steps_per_epoch=4, epochs=100)
+    t = Trainer(Slow(), {"type": "mse"}, data, ValidationSet(x, y), epochs=100, steps_per_epoch=4,
+                lr=1e-2, max_seconds=1.0)  # fmt: skip
+    t0 = time.perf_counter()
+    h = t.fit()
+    wall = time.perf_counter() - t0
+    assert h["reason"] == "time_limit"
+    assert 2 <= len(h["epoch"]) < 100 and h["epochs_planned"] == len(h["epoch"])
+    assert wall < 2.0  # the budget plus at most about one epoch
+    # the cosine schedule was compressed to the shortened run: it ended at its floor, not half-way
+    assert t.opt.param_groups[0]["lr"] < 0.05 * 1e-2
+    with pytest.raises(ValueError, match="max_seconds"):
+        Trainer(Slow(), {"type": "mse"}, data, ValidationSet(x, y), max_seconds=0)
 
 
 def test_fine_tuning_starts_from_bundle_on_real_images(tmp_path):

@@ -41,6 +41,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--steps-per-epoch", type=int, help="optimiser steps (batches) per epoch")
     p.add_argument("--batch-size", type=int, help="images per batch")
     p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        help="time budget: run the epochs that fit, with the learning-rate schedule compressed to fit",
+    )
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--seed", type=int, help="root seed (training batches, validation set, weights)")
     p.add_argument("--num-workers", type=int, help="DataLoader processes simulating training batches")
@@ -142,6 +147,7 @@ def run(args) -> int:
             num_workers=args.num_workers,
             deterministic=True if args.deterministic else None,
             init=args.init,
+            max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes,
             callbacks=[] if args.quiet else [ProgressBar()],
             stop_flag=stop,
         )

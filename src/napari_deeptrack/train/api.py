@@ -71,6 +71,7 @@ def train_task(
     callbacks: Sequence[Callback] = (),
     stop_flag: StopFlag | None = None,
     metrics=None,
+    max_seconds: float | None = None,
 ) -> TrainResult:
     """Train ``task`` and (when ``out`` is given) save the best checkpoint as a bundle there.
 
@@ -95,6 +96,9 @@ def train_task(
         Instead of simulating one.
     callbacks, stop_flag, metrics
         See :class:`~.trainer.Trainer`; ``metrics`` defaults to :func:`default_metrics`.
+    max_seconds : float, optional
+        Wall-clock budget: the run is shortened to the epochs that fit, with the learning-rate
+        schedule compressed to still decay to its end (see :class:`~.trainer.Trainer`).
     """
     from ..io.bundle import load_bundle, save_bundle
     from ..nn import build_model
@@ -136,6 +140,8 @@ def train_task(
     settings = {k: v for k, v in s.items()}
     if init is not None:
         settings["init"] = str(init)
+    if max_seconds is not None:
+        settings["max_seconds"] = float(max_seconds)
 
     def checkpoint(m: torch.nn.Module, history: dict[str, Any]) -> None:
         if bundle_path is None:
@@ -164,6 +170,7 @@ def train_task(
         seed=seed,
         deterministic=bool(s["deterministic"]),
         num_workers=int(s["num_workers"]),
+        max_seconds=max_seconds,
     )
     history = trainer.fit()
     if bundle_path is not None and trainer.best_state is not None:

@@ -77,6 +77,13 @@ class Trainer:
         DataLoader worker processes when ``train_data`` is a dataset.
     val_batch_size : int
         Batch size for validation.
+    max_seconds : float or None
+        Wall-clock budget for the run. After every epoch the trainer projects the time per epoch
+        and, when ``epochs`` would not fit, shortens the run to the epochs that do, compressing the
+        learning-rate schedule so that it still decays to its end (stopping a cosine run half-way
+        leaves the learning rate high and the network imprecise). An epoch that would overrun the
+        budget on its own is cut short; the best checkpoint is kept. ``history["reason"]`` is
+        ``time_limit`` when the budget shortened the run.
     """
 
     def __init__(
@@ -103,6 +110,7 @@ class Trainer:
         deterministic: bool = False,
         num_workers: int = 0,
         val_batch_size: int = 64,
+        max_seconds: float | None = None,
     ):
         if int(epochs) < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -114,6 +122,8 @@ class Trainer:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         if lr_schedule not in SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {lr_schedule!r}")
+        if max_seconds is not None and not float(max_seconds) > 0:
+            raise ValueError(f"max_seconds must be > 0 (or None), got {max_seconds}")
         if int(early_stopping_patience) < 0:
             raise ValueError(f"early_stopping_patience must be >= 0, got {early_stopping_patience}")
         self.device = resolve_device(device)
@@ -132,6 +142,8 @@ class Trainer:
         self.checkpoint, self.metrics = checkpoint, metrics
         self.seed, self.deterministic = seed, bool(deterministic)
         self.val_batch_size = int(val_batch_size)
+        self.max_seconds = None if max_seconds is None else float(max_seconds)
+        self.planned_epochs = self.epochs  # may shrink to fit max_seconds
         self.gan = isinstance(self.loss, Pix2PixLoss)
         if self.gan and not (hasattr(model, "generator") and hasattr(model, "discriminator")):
             raise ValueError("the pix2pix loss needs a model with .generator and .discriminator (nn.Pix2Pix)")
@@ -153,15 +165,27 @@ class Trainer:
         betas = (0.5, 0.999) if self.gan else (0.9, 0.999)
         return cls(params, lr=self.lr, weight_decay=self.weight_decay, betas=betas)
 
-    def _scheduler(self, opt: torch.optim.Optimizer):
-        total = self.epochs * self.steps_per_epoch
+    @property
+    def total_steps(self) -> int:
+        """Steps of the (possibly time-shortened) run; the schedule spans exactly these."""
+        return self.planned_epochs * self.steps_per_epoch
+
+    def _lr_factor(self, s: int) -> float:
+        total = self.total_steps
         if self.lr_schedule == "cosine":
-            f = lambda s: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))  # noqa: E731
-        elif self.lr_schedule == "step":
-            f = lambda s: 0.5 ** ((s >= total // 2) + (s >= 3 * total // 4))  # noqa: E731
-        else:
-            f = lambda s: 1.0  # noqa: E731
-        return torch.optim.lr_scheduler.LambdaLR(opt, f)
+            return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+        if self.lr_schedule == "step":
+            return 0.5 ** ((s >= total // 2) + (s >= 3 * total // 4))
+        return 1.0
+
+    def _scheduler(self, opt: torch.optim.Optimizer):
+        return torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor)
+
+    def _fit_to_budget(self, epochs_done: int, elapsed_s: float) -> None:
+        """Shorten the planned run so that it ends within ``max_seconds`` (see the class docstring)."""
+        per_epoch = elapsed_s / max(epochs_done, 1)
+        fits = epochs_done + int((self.max_seconds - elapsed_s) // max(per_epoch, 1e-9))
+        self.planned_epochs = max(epochs_done, min(self.planned_epochs, fits))
 
     def _emit(self, ev: dict[str, Any]) -> None:
         for cb in self.callbacks:
@@ -226,15 +250,17 @@ class Trainer:
         if self.gan:
             self.opt_d = self._optimizer(self.model.discriminator.parameters())
         self.sched = self._scheduler(self.opt)
-        total_steps = self.epochs * self.steps_per_epoch
+        self.planned_epochs = self.epochs
         self.model.train()
         it = iter(self.train_data)
         t_start = time.perf_counter()
         step, reason, epoch, bad_epochs = 0, "completed", 0, 0
         val_loss = math.nan
         try:
-            for epoch in range(self.epochs):
-                self.loss.set_progress(epoch, epoch / self.epochs)
+            epoch = -1
+            while epoch + 1 < self.planned_epochs:
+                epoch += 1
+                self.loss.set_progress(epoch, epoch / self.planned_epochs)
                 t_epoch, samples, losses = time.perf_counter(), 0, []
                 for b in range(self.steps_per_epoch):
                     try:
@@ -253,22 +279,25 @@ class Trainer:
                         {
                             "type": "batch",
                             "epoch": epoch,
-                            "epochs": self.epochs,
+                            "epochs": self.planned_epochs,
                             "batch": b,
                             "steps_per_epoch": self.steps_per_epoch,
                             "step": step,
-                            "total_steps": total_steps,
+                            "total_steps": self.total_steps,
                             "loss": loss,
                             "val_loss": val_loss,
                             "lr": lr,
                             "samples_per_s": samples / max(now - t_epoch, 1e-9),
                             "elapsed_s": elapsed,
-                            "eta_s": elapsed / step * (total_steps - step),
+                            "eta_s": elapsed / step * (self.total_steps - step),
                             **self.loss.state(),
                         }
                     )
                     if self.stop_flag:
                         reason = "stopped"
+                        break
+                    if self.max_seconds is not None and elapsed > self.max_seconds:
+                        reason = "time_limit"
                         break
                 if reason != "completed" and self.best_state is not None:
                     break  # keep the best checkpoint; a partial epoch is not validated
@@ -293,17 +322,17 @@ class Trainer:
                     {
                         "type": "epoch",
                         "epoch": epoch,
-                        "epochs": self.epochs,
+                        "epochs": self.planned_epochs,
                         "batch": len(losses) - 1,
                         "steps_per_epoch": self.steps_per_epoch,
                         "step": step,
-                        "total_steps": total_steps,
+                        "total_steps": self.total_steps,
                         "loss": float(sum(losses) / len(losses)),
                         "val_loss": val_loss,
                         "lr": lr,
                         "samples_per_s": samples / max(dt, 1e-9),
                         "elapsed_s": elapsed,
-                        "eta_s": elapsed / step * (total_steps - step),
+                        "eta_s": elapsed / step * (self.total_steps - step),
                         "best": improved,
                         "best_val_loss": self.best_val_loss,
                         "metrics": metrics,
@@ -313,22 +342,27 @@ class Trainer:
                 )
                 if reason != "completed":
                     break
+                if self.max_seconds is not None:
+                    self._fit_to_budget(epoch + 1, time.perf_counter() - t_start)
                 if self.patience and bad_epochs >= self.patience:
                     reason = "early_stopping"
                     break
         finally:
             del it  # shuts down DataLoader workers
+        if reason == "completed" and self.planned_epochs < self.epochs:
+            reason = "time_limit"  # all planned epochs ran, but the budget had cut the plan
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         self.history["reason"] = reason
+        self.history["epochs_planned"] = self.planned_epochs
         self.history["steps"] = step
         self._emit(
             {
                 "type": "end",
                 "epoch": epoch,
-                "epochs": self.epochs,
+                "epochs": self.planned_epochs,
                 "step": step,
-                "total_steps": total_steps,
+                "total_steps": self.total_steps,
                 "reason": reason,
                 "best_epoch": self.best_epoch,
                 "best_val_loss": self.best_val_loss,
