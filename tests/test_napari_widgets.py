@@ -197,6 +197,20 @@ def test_train_stop_keeps_best_checkpoint(make_napari_viewer, qtbot):
     assert w.trained_bundle() is not None
 
 
+def test_train_time_limit_shortens_the_run(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    w = _tiny_train_widget(viewer, epochs=500, steps=3)
+    w.time_limit.value = 0.05  # minutes: 3 s for a run planned far longer
+    w.start_training()
+    wait_worker(qtbot, w, timeout=60_000)
+    assert w.settings["max_seconds"] == pytest.approx(3.0)
+    assert w.history["reason"] == "time_limit"
+    assert len(w.history["epoch"]) < 500 and w.history["epochs_planned"] == len(w.history["epoch"])
+    assert w.progress.max == 3 * w.history["epochs_planned"]  # the bar follows the shortened plan
+    assert w.progress.value == w.progress.max
+    assert "time_limit" in w.status.value
+
+
 # ---------------------------------------------------------------------------- Apply
 def test_apply_points_land_on_particles_and_threshold_filters(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()

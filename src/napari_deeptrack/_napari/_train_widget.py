@@ -136,6 +136,13 @@ class TrainWidget(Container):
         self.batch_size = SpinBox(label="batch size", value=16, min=1, max=4096)
         self.lr = FloatSpinBox(label="learning rate", value=1e-3, min=1e-7, max=1.0, step=1e-4)
         self.validation_size = SpinBox(label="validation images", value=64, min=1, max=100000)
+        self.time_limit = FloatSpinBox(
+            label="time limit (min, 0: none)", value=0.0, min=0.0, max=10000.0, step=1.0
+        )
+        self.time_limit.tooltip = (
+            "Train for at most this long: the run is shortened to the epochs that fit and its "
+            "learning-rate schedule compressed to still end at its floor."
+        )
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
         self.train_btn = PushButton(text="Train")
@@ -154,6 +161,7 @@ class TrainWidget(Container):
                 self.batch_size,
                 self.lr,
                 self.validation_size,
+                self.time_limit,
                 self.device,
                 self.seed,
                 Container(
@@ -262,6 +270,7 @@ class TrainWidget(Container):
                 "device": self.device.value,
                 "seed": int(self.seed.value),
                 "num_workers": 0,
+                "max_seconds": 60.0 * float(self.time_limit.value) if self.time_limit.value > 0 else None,
             }
             from ..train.seeding import resolve_device
 
@@ -295,6 +304,8 @@ class TrainWidget(Container):
     def _on_event(self, ev: dict) -> None:
         self.last_event = ev
         self.plot.add_event(ev)
+        if ev.get("total_steps"):  # a time limit may shorten the run
+            self.progress.max = int(ev["total_steps"])
         if ev["type"] == "batch":
             self.progress.value = min(int(ev["step"]), self.progress.max)
             self.status.value = (
