@@ -50,6 +50,7 @@ from _common import cached_or_trained_bundle
 from napari_deeptrack.analysis.apply import predict
 from napari_deeptrack.analysis.baselines import extract_patches, gaussian_mle, locate_trackpy, radial_center
 from napari_deeptrack.analysis.crlb import crlb_for_optics
+from napari_deeptrack.analysis.metrics import uncertainty_calibration
 from napari_deeptrack.sim import (
     Background,
     Constant,
@@ -244,6 +245,10 @@ def main() -> None:
         rec["cnn_rmse_px"] = _rmse(det[["y", "x"]].to_numpy(), tru)
         if "y_sigma" in det.columns:
             rec["cnn_sigma_px"] = float(np.sqrt(np.mean((det["y_sigma"] ** 2 + det["x_sigma"] ** 2) / 2)))
+            cal = uncertainty_calibration(
+                det[["y", "x"]].to_numpy() - tru, det[["y_sigma", "x_sigma"]].to_numpy()
+            )  # calibrated Gaussian errors: z_std 1, coverage 0.683 / 0.954
+            rec.update({f"cnn_{k}": cal[k] for k in ("z_std", "coverage_1sigma", "coverage_2sigma")})
         single = predict(bundle, img, batch_size=256, test_time_augmentation="none").detections
         rec["cnn_single_rmse_px"] = _rmse(single[["y", "x"]].to_numpy(), tru)
         half = min((3, 4, 5, 6), key=lambda h: _rmse(radial(timg, h), ttru))

@@ -36,6 +36,7 @@ from _common import Reporter, base_parser
 from napari_deeptrack.analysis.apply import predict
 from napari_deeptrack.analysis.baselines import extract_patches, radial_center
 from napari_deeptrack.analysis.crlb import crlb_for_optics
+from napari_deeptrack.analysis.metrics import uncertainty_calibration
 from napari_deeptrack.io.bundle import load_bundle
 from napari_deeptrack.sim import Choice, MieSphere
 from napari_deeptrack.tasks import get_preset
@@ -132,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
             "radial_rmse_px": _rmse(rad, tru),
             # the network's own 1-sigma estimate (RMS over crops), to compare with its actual RMSE
             "cnn_sigma_px": float(np.sqrt(np.mean((det["y_sigma"] ** 2 + det["x_sigma"] ** 2) / 2))),
+            # fraction of errors within the claimed 1 and 2 sigma (0.683 / 0.954 when calibrated)
+            "cnn_coverage_1sigma": uncertainty_calibration(
+                cnn - tru, det[["y_sigma", "x_sigma"]].to_numpy()
+            )["coverage_1sigma"],
             "radial_half_width_px": half,
             "crlb_px": bound,
             "crlb_z_um": bound_z,

@@ -147,3 +147,23 @@ def test_counting_and_classification_metrics():
     assert k["confusion_matrix"] == [[1, 0, 1], [0, 1, 0], [0, 1, 2]]
     with pytest.raises(ValueError, match="same length"):
         counting_metrics([1, 2], [1])
+
+
+def test_uncertainty_calibration_of_gaussian_errors():
+    from napari_deeptrack.analysis.metrics import uncertainty_calibration
+
+    rng = np.random.default_rng(0)
+    sig = rng.uniform(0.01, 0.5, size=(20000, 2))  # heteroscedastic, like localisations
+    err = rng.normal(size=sig.shape) * sig
+    good = uncertainty_calibration(err, sig)
+    assert good["n"] == 40000
+    assert good["z_std"] == pytest.approx(1.0, abs=0.02)
+    assert good["coverage_1sigma"] == pytest.approx(0.683, abs=0.01)
+    assert good["coverage_2sigma"] == pytest.approx(0.954, abs=0.005)
+    assert good["ratio"] == pytest.approx(1.0, abs=0.03)
+    over = uncertainty_calibration(err, sig / 2)  # claims twice the precision it has
+    assert over["z_std"] == pytest.approx(2.0, abs=0.05) and over["coverage_1sigma"] < 0.4
+    with pytest.raises(ValueError, match="> 0"):
+        uncertainty_calibration([0.1], [0.0])
+    with pytest.raises(ValueError, match="same shape"):
+        uncertainty_calibration([0.1, 0.2], [0.1])

@@ -30,6 +30,7 @@ __all__ = [
     "rse_map",
     "segmentation_metrics",
     "ssim_map",
+    "uncertainty_calibration",
 ]
 
 
@@ -328,3 +329,46 @@ def classification_metrics(pred_labels, true_labels, n_classes: int | None = Non
     k = int(n_classes) if n_classes is not None else int(max(p.max(initial=-1), t.max(initial=-1)) + 1)
     cm = np.bincount(t * k + p, minlength=k * k).reshape(k, k)
     return {"accuracy": float((p == t).mean()) if p.size else float("nan"), "confusion_matrix": cm.tolist()}
+
+
+def uncertainty_calibration(errors, sigmas) -> dict[str, float]:
+    """How well claimed 1-sigma uncertainties describe the actual errors.
+
+    Parameters
+    ----------
+    errors : array [N] or [N, K]
+        Estimate minus truth (e.g. ``y - y_true`` and ``x - x_true`` in pixels).
+    sigmas : array like ``errors``
+        The claimed standard deviations (e.g. the ``y_sigma`` and ``x_sigma`` columns of a
+        localisation result), same units.
+
+    Returns
+    -------
+    dict
+        ``rmse`` and ``rms_sigma`` (over all entries); ``ratio`` = rmse / rms_sigma (1: calibrated,
+        > 1: over-confident, < 1: conservative); ``z_std``, the standard deviation of
+        ``error / sigma`` (1 for calibrated Gaussian errors); ``coverage_1sigma`` and
+        ``coverage_2sigma``, the fractions with ``|error| <= sigma`` and ``<= 2 sigma`` (0.683 and
+        0.954 for calibrated Gaussian errors); ``n``.
+    """
+    e = np.asarray(errors, dtype=np.float64).ravel()
+    s = np.asarray(sigmas, dtype=np.float64).ravel()
+    if e.shape != s.shape:
+        raise ValueError(f"errors and sigmas must have the same shape, got {e.size} and {s.size} values")
+    ok = np.isfinite(e) & np.isfinite(s)
+    if not ok.any():
+        raise ValueError("no finite (error, sigma) pairs")
+    if (s[ok] <= 0).any():
+        raise ValueError("sigmas must be > 0")
+    e, s = e[ok], s[ok]
+    z = e / s
+    rmse, rms_sigma = float(np.sqrt(np.mean(e**2))), float(np.sqrt(np.mean(s**2)))
+    return {
+        "n": int(e.size),
+        "rmse": rmse,
+        "rms_sigma": rms_sigma,
+        "ratio": rmse / rms_sigma,
+        "z_std": float(np.sqrt(np.mean(z**2))),
+        "coverage_1sigma": float(np.mean(np.abs(z) <= 1.0)),
+        "coverage_2sigma": float(np.mean(np.abs(z) <= 2.0)),
+    }
