@@ -112,7 +112,7 @@ def test_brightfield_example_quick_beats_radial_symmetry_at_low_snr(example_runs
     assert levels[0]["cnn_over_crlb"] < 3.0
     for r in levels:
         assert 0.5 < r["cnn_sigma_px"] / r["cnn_rmse_px"] < 2.0
-        assert 0.4 < r["cnn_coverage_1sigma"] < 0.95  # 0.683 when calibrated
+        assert 0.4 < r["cnn_coverage_1sigma"] < 0.98  # 0.683 when calibrated; quick: 0.71-0.91
 
 
 @pytest.mark.slow
