@@ -31,12 +31,7 @@ EXAMPLES = ROOT / "examples"
 BBBC039 = ROOT.parent / "shared" / "data" / "bbbc039_dev"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _examples():

@@ -79,12 +79,7 @@ def doc_run(tmp_path_factory):
     return {"cwd": tmp_path_factory.mktemp("docs"), "namespaces": {}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run_section(title: str, state: dict, monkeypatch) -> dict:
