@@ -21,7 +21,6 @@ trained only on simulated images whose parameters vary around the expected ones.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -42,7 +41,7 @@ from ..sim.params import Distribution, ParamLike, check_range, sample, support
 from ..sim.pipeline import SimBatch, Transform
 from ..sim.serialize import register
 from .base import Task
-from .presets_particles import OFFSET_CNN, OFFSET_LOSS, OFFSET_POSTPROCESS
+from .presets_particles import offset_localization_task
 from .registry import register_preset
 
 __all__ = [
@@ -191,9 +190,8 @@ def brightfield_pipeline(
 @register_preset("brightfield-localize")
 def brightfield_localize() -> Task:
     """CNN regression of one sphere's sub-pixel position in brightfield (DeepTrack 2.0 paper, IV.2)."""
-    return Task(
+    return offset_localization_task(
         name="brightfield-localize",
-        kind="localization",
         description=(
             "Localise one sphere per brightfield crop with sub-pixel precision (e.g. an optically "
             "trapped bead). A CNN regresses the sphere's (y, x) offset in pixels from the crop centre "
@@ -204,11 +202,7 @@ def brightfield_localize() -> Task:
             "pixel with shot and camera noise. Either image polarity (dark or bright centre) works."
         ),
         pipeline=brightfield_pipeline(),
-        target="offset",
-        model=copy.deepcopy(OFFSET_CNN),
-        loss=dict(OFFSET_LOSS),
-        input_normalization=dict(ROBUST),
-        postprocess=dict(OFFSET_POSTPROCESS),
+        input_normalization=ROBUST,
         pixel_size_um=PIXEL_SIZE_UM,
         training={"epochs": 60, "steps_per_epoch": 100, "batch_size": 32, "lr": 1e-3, "validation_size": 256},
     )

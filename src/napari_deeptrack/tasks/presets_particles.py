@@ -32,7 +32,14 @@ from ..sim import (
 from .base import Task
 from .registry import register_preset
 
-__all__ = ["OFFSET_CNN", "OFFSET_LOSS", "OFFSET_POSTPROCESS", "particle_localize", "particles_2d"]
+__all__ = [
+    "OFFSET_CNN",
+    "OFFSET_LOSS",
+    "OFFSET_POSTPROCESS",
+    "offset_localization_task",
+    "particle_localize",
+    "particles_2d",
+]
 
 NA = 1.3
 WAVELENGTH_UM = 0.6
@@ -53,6 +60,31 @@ OFFSET_POSTPROCESS = {
     "origin": "center",
     "test_time_augmentation": "dihedral",
 }
+
+def offset_localization_task(
+    name: str,
+    description: str,
+    pipeline: Pipeline,
+    input_normalization: dict,
+    pixel_size_um: float,
+    training: dict,
+) -> Task:
+    """A ``localization`` task regressing the ``offset`` target of ``pipeline`` with the shared
+    offset CNN, likelihood loss and post-processing (``OFFSET_*``); used by every localisation preset."""
+    return Task(
+        name=name,
+        kind="localization",
+        description=description,
+        pipeline=pipeline,
+        target="offset",
+        model=copy.deepcopy(OFFSET_CNN),
+        loss=dict(OFFSET_LOSS),
+        input_normalization=dict(input_normalization),
+        postprocess=dict(OFFSET_POSTPROCESS),
+        pixel_size_um=pixel_size_um,
+        training=dict(training),
+    )
+
 
 #: background median -> 0, noise sigma (from the MAD) -> 1: independent of particle number and size
 ROBUST = {"mode": "robust"}
@@ -128,9 +160,8 @@ def particle_localize() -> Task:
         transforms=[Background(level=LogUniform(2.0, 40.0)), Poisson()],
         targets={"offset": RegressionVector(fields=["y", "x"], relative_to_center=True)},
     )
-    return Task(
+    return offset_localization_task(
         name="particle-localize",
-        kind="localization",
         description=(
             "Localise one fluorescent point particle per crop with sub-pixel precision. A CNN "
             "regresses the particle's (y, x) offset in pixels from the crop centre ((H - 1) / 2, "
@@ -138,11 +169,7 @@ def particle_localize() -> Task:
             f"{size}x{size} crops with the particle within 4 px of the centre."
         ),
         pipeline=pipeline,
-        target="offset",
-        model=copy.deepcopy(OFFSET_CNN),
-        loss=dict(OFFSET_LOSS),
-        input_normalization=dict(PERCENTILE),
-        postprocess=dict(OFFSET_POSTPROCESS),
+        input_normalization=PERCENTILE,
         pixel_size_um=PIXEL_SIZE_UM,
         training={"epochs": 10, "steps_per_epoch": 50, "batch_size": 32, "lr": 1e-3, "validation_size": 256},
     )
