@@ -195,6 +195,7 @@ def dihedral_asymmetry(optics: Any) -> str | None:
     return ", ".join(reasons) or None
 
 
+@torch.no_grad()
 def dihedral_average(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -384,30 +385,27 @@ def predict(
     model.eval()
     model.to(torch.device(device))
     xn = normalize_input(x, task.input_normalization)
-    tta = test_time_augmentation
-    if tta is None:
-        tta = pp.get("test_time_augmentation", "none")
+    explicit = test_time_augmentation is not None
+    tta = test_time_augmentation if explicit else pp.get("test_time_augmentation", "none")
     if tta not in ("none", "dihedral", False, True):
         raise ValueError(f"test_time_augmentation must be 'none' or 'dihedral', got {tta!r}")
-    if tta in ("dihedral", True) and kind == "localization":
-        why = dihedral_asymmetry(getattr(task.pipeline, "optics", None))
-        if why and test_time_augmentation is not None:
-            raise ValueError(
-                f"test_time_augmentation='dihedral' needs a PSF that flips and 90-degree rotations leave "
-                f"unchanged; this task's optics break that symmetry ({why}). Use 'none'."
-            )
-        if why:  # the task asks for it but its (edited) optics do not allow it: one pass instead
-            warnings.warn(
-                f"test-time augmentation switched off: the optics of task {task.name!r} are not symmetric "
-                f"({why})",
-                stacklevel=2,
-            )
-            tta = "none"
-    info_tta = "dihedral" if tta in ("dihedral", True) and kind == "localization" else "none"
-    if info_tta == "dihedral":
+    dihedral = tta in ("dihedral", True) and kind == "localization"
+    why = dihedral_asymmetry(getattr(task.pipeline, "optics", None)) if dihedral else None
+    if why and explicit:
+        raise ValueError(
+            f"test_time_augmentation='dihedral' needs a PSF that flips and 90-degree rotations leave "
+            f"unchanged; this task's optics break that symmetry ({why}). Use 'none'."
+        )
+    if why:  # the task asks for it but its (edited) optics do not allow it: one pass instead
+        warnings.warn(
+            f"test-time augmentation switched off: the optics of task {task.name!r} are not symmetric "
+            f"({why})",
+            stacklevel=2,
+        )
+        dihedral = False
+    if dihedral:
         fields = list(getattr(_target(task), "fields", []))
-        with torch.no_grad():
-            raw = dihedral_average(model, xn, fields, int(batch_size), device)
+        raw = dihedral_average(model, xn, fields, int(batch_size), device)
     else:
         raw = run_model(
             model,
@@ -427,7 +425,7 @@ def predict(
         "tile_size": int(tile_size),
         "n_frames": int(t_n),
         "image_shape": [int(h), int(w)],
-        "test_time_augmentation": info_tta,
+        "test_time_augmentation": "dihedral" if dihedral else "none",
     }
     if kind == "detection":
         # optional brightness filters (off unless the task's postprocess sets them): summed

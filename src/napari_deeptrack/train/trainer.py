@@ -254,10 +254,9 @@ class Trainer:
         self.model.train()
         it = iter(self.train_data)
         t_start = time.perf_counter()
-        step, reason, epoch, bad_epochs = 0, "completed", 0, 0
+        step, reason, epoch, bad_epochs = 0, "completed", -1, 0
         val_loss = math.nan
         try:
-            epoch = -1
             while epoch + 1 < self.planned_epochs:
                 epoch += 1
                 self.loss.set_progress(epoch, epoch / self.planned_epochs)
