@@ -244,10 +244,10 @@ def main() -> None:
         rec["cnn_s_per_crop"] = (time.perf_counter() - t0) / len(img)
         rec["cnn_rmse_px"] = _rmse(det[["y", "x"]].to_numpy(), tru)
         if "y_sigma" in det.columns:
-            rec["cnn_sigma_px"] = float(np.sqrt(np.mean((det["y_sigma"] ** 2 + det["x_sigma"] ** 2) / 2)))
             cal = uncertainty_calibration(
                 det[["y", "x"]].to_numpy() - tru, det[["y_sigma", "x_sigma"]].to_numpy()
             )  # calibrated Gaussian errors: z_std 1, coverage 0.683 / 0.954
+            rec["cnn_sigma_px"] = cal["rms_sigma"]
             rec.update({f"cnn_{k}": cal[k] for k in ("z_std", "coverage_1sigma", "coverage_2sigma")})
         single = predict(bundle, img, batch_size=256, test_time_augmentation="none").detections
         rec["cnn_single_rmse_px"] = _rmse(single[["y", "x"]].to_numpy(), tru)

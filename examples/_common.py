@@ -78,20 +78,33 @@ class Reporter:
             f.write(line + "\n")
         return rec
 
-    def train(self, task, out: str | None, args: argparse.Namespace, epochs: int, steps: int, batch: int):
-        """Train ``task`` (bundle saved to ``out`` if given), emit a ``training`` record, return it."""
+    def train(
+        self,
+        task,
+        out: str | None,
+        args: argparse.Namespace,
+        epochs: int,
+        steps: int,
+        batch: int | None = None,
+        **train_kwargs: Any,
+    ):
+        """Train ``task`` (bundle saved to ``out`` if given), emit a ``training`` record, return it.
+
+        ``batch`` None keeps the task's batch size; ``train_kwargs`` go to ``train_task`` (e.g.
+        ``validation``).
+        """
         from napari_deeptrack.train import train_task
 
         res = train_task(
             task, out, epochs=epochs, steps_per_epoch=steps, batch_size=batch, seed=args.seed,
-            device=args.device,
-        )
+            device=args.device, **train_kwargs,
+        )  # fmt: skip
         h = res.history
         self.emit(
             "training",
             epochs=len(h["epoch"]),
             steps_per_epoch=steps,
-            batch_size=batch,
+            batch_size=res.settings["batch_size"],
             final_train_loss=h["train_loss"][-1],
             best_val_loss=min(h["val_loss"]),
         )

@@ -19,7 +19,7 @@ from _common import Reporter, base_parser
 from napari_deeptrack.analysis.metrics import classification_metrics
 from napari_deeptrack.tasks import get_preset
 from napari_deeptrack.tasks.presets_digits import load_digit_split
-from napari_deeptrack.train import ValidationSet, train_task
+from napari_deeptrack.train import ValidationSet
 
 CASE = "digits_classify"
 
@@ -34,18 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     xv, yv = load_digit_split("val")
     val = ValidationSet(torch.as_tensor(xv)[:, None], torch.as_tensor(yv))
     out = f"{args.out}/digits-classify" if args.out else None
-    res = train_task(
-        task, out, epochs=epochs, steps_per_epoch=steps, seed=args.seed, device=args.device, validation=val
-    )
-    h = res.history
-    rep.emit(
-        "training",
-        epochs=len(h["epoch"]),
-        steps_per_epoch=steps,
-        batch_size=res.settings["batch_size"],
-        final_train_loss=h["train_loss"][-1],
-        best_val_loss=min(h["val_loss"]),
-    )
+    res = rep.train(task, out, args, epochs, steps, validation=val)
 
     xt, yt = load_digit_split("test")
     with torch.no_grad():
