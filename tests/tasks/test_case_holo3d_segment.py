@@ -26,7 +26,7 @@ from napari_deeptrack.sim.targets import InstanceLabels
 from napari_deeptrack.tasks import get_preset
 from napari_deeptrack.tasks.presets_cells import BoundaryClasses, boundary_classes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 BBBC039 = ROOT.parent / "shared" / "data" / "bbbc039_dev"
 

@@ -23,7 +23,7 @@ from napari_deeptrack.tasks.presets_cells import cells_pipeline
 from napari_deeptrack.tasks.presets_gan import GeneratorOptics, RealPairCrops, semantic_mask
 from napari_deeptrack.tasks.presets_restore import NormalizeWithTarget
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

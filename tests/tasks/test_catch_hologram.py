@@ -29,7 +29,7 @@ from napari_deeptrack.sim import Scene
 from napari_deeptrack.sim.mie import MieSphere
 from napari_deeptrack.sim.optics.coherent import Holography
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hologram_catch"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "hologram_catch"
 LAM, DX, NM, A, N, Z_PX = 0.447, 0.048, 1.34, 1.070, 1.539, 159.34
 
 

@@ -19,7 +19,7 @@ from napari_deeptrack.sim import Counts, from_json, to_json
 from napari_deeptrack.sim.targets import in_frame
 from napari_deeptrack.tasks import get_preset, list_presets
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 BBBC039 = ROOT.parent / "shared" / "data" / "bbbc039_dev"
 
