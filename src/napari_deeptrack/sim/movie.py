@@ -211,6 +211,11 @@ class Movie:
         """Simulate ``batch_size`` movies: image [B, T, C, H, W], scene of B*T frames, targets [B, T, ...]."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        from .budget import check_render  # memory estimate before allocating (never an OOM kill)
+
+        check_render(
+            self.pipeline, int(batch_size) * int(self.n_frames), what=f"simulation of {self.n_frames} frames"
+        )
         generator = make_generator(seed, generator, device)
         # all B*T frames go through the pipeline's optics, targets and transforms in one batch
         batch = self.pipeline.image_scene(self.sample_scene(batch_size, generator), generator)

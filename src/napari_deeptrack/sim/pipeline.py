@@ -217,6 +217,9 @@ class Pipeline:
         """Simulate a batch: ground truth, images, targets, then transforms (noise, augmentation)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        from .budget import check_render  # memory estimate before allocating (never an OOM kill)
+
+        check_render(self, int(batch_size))
         generator = make_generator(seed, generator, device)
         return self.image_scene(self.sample_scene(batch_size, generator), generator)
 

@@ -1,0 +1,472 @@
+"""Memory estimates made before allocating: simulation batches, models, training batches and apply.
+
+Every path that renders, builds a network or runs one over a stack asks here first, and gets a
+:class:`~napari_deeptrack.errors.MemoryBudgetError` naming the parameter to change instead of an
+out-of-memory kill::
+
+    >>> from napari_deeptrack.sim import budget
+    >>> est = budget.estimate_render(pipeline, batch_size=32)       # doctest: +SKIP
+    >>> est.check()                                                  # doctest: +SKIP
+    MemoryBudgetError: simulation would need 23.1 GB (> 4.0 GB budget): lower `count` (850) or ...
+
+The estimates are deliberately simple upper bounds of the largest tensors each renderer creates (they
+follow the code of :mod:`~napari_deeptrack.sim.optics.fluorescence` and
+:mod:`~napari_deeptrack.sim.optics.coherent`), accurate to a factor of about two: enough to refuse what
+cannot fit, cheap enough (pure arithmetic, microseconds) to run before every batch.
+
+Budget
+------
+:func:`memory_budget` is ``min(cap, fraction * available RAM)``; for simulation and training the cap is
+4 GB and the fraction 50 %. ``NAPARI_DEEPTRACK_MEMORY_GB`` (environment) replaces the cap, e.g. ``16``
+on a large workstation (it is still limited by the RAM available).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError, MemoryBudgetError
+from .params import support
+
+__all__ = [
+    "Estimate",
+    "available_memory_bytes",
+    "check",
+    "check_render",
+    "count_parameters",
+    "estimate_apply",
+    "estimate_model",
+    "estimate_render",
+    "estimate_training",
+    "format_bytes",
+    "frames_per_chunk",
+    "memory_budget",
+]
+
+GB = 1024**3
+DEFAULT_CAP_GB = 4.0
+DEFAULT_FRACTION = 0.5
+ENV_CAP = "NAPARI_DEEPTRACK_MEMORY_GB"
+#: Model hyper-parameters that make a loop (levels, layers, blocks): larger values are refused outright.
+MAX_DEPTH = 64
+#: Longest list in a model config (e.g. ``channels``).
+MAX_LIST = 1024
+
+
+# ------------------------------------------------------------------------------------------ budget
+def available_memory_bytes() -> int:
+    """RAM available to this process now (bytes): the smaller of free RAM and a cgroup limit."""
+    avail = None
+    try:
+        import psutil
+
+        avail = int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - psutil missing or failing: read /proc
+        try:
+            with open("/proc/meminfo") as fh:
+                for line in fh:
+                    if line.startswith("MemAvailable:"):
+                        avail = int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            pass
+    if avail is None:
+        avail = 8 * GB  # unknown platform: assume a small machine
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as fh:
+                raw = fh.read().strip()
+            if raw.isdigit() and int(raw) < 1 << 60:
+                avail = min(avail, int(raw))
+        except OSError:
+            continue
+    return avail
+
+
+def memory_budget(cap_gb: float | None = None, fraction: float = DEFAULT_FRACTION) -> int:
+    """Bytes one simulation / training / apply step may use: ``min(cap, fraction * available)``.
+
+    ``cap_gb`` defaults to ``$NAPARI_DEEPTRACK_MEMORY_GB`` or 4 GB.
+    """
+    if cap_gb is None:
+        env = os.environ.get(ENV_CAP)
+        try:
+            cap_gb = float(env) if env else DEFAULT_CAP_GB
+        except ValueError:
+            cap_gb = DEFAULT_CAP_GB
+        if not cap_gb > 0 or not math.isfinite(cap_gb):
+            cap_gb = DEFAULT_CAP_GB
+    return int(max(min(cap_gb * GB, fraction * available_memory_bytes()), 64 * 1024**2))
+
+
+def format_bytes(n: float) -> str:
+    """``1.5 GB``, ``320 MB``, ``12 kB`` (powers of 1024)."""
+    n = float(n)
+    for unit, size in (("TB", 1024**4), ("GB", GB), ("MB", 1024**2), ("kB", 1024)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+@dataclass
+class Estimate:
+    """A memory estimate: ``bytes`` needed by ``what``, and the parameters that would lower it.
+
+    ``parameters`` are short hints such as ``"`count` (850)"``, most effective first; ``detail`` holds
+    the numbers the estimate used (for logs and tests).
+    """
+
+    bytes: int
+    what: str
+    parameters: list[str] = field(default_factory=list)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def gb(self) -> float:
+        return self.bytes / GB
+
+    def check(self, budget: int | None = None) -> Estimate:
+        """Raise :class:`MemoryBudgetError` if over ``budget`` (default :func:`memory_budget`)."""
+        check(self, budget)
+        return self
+
+
+def check(estimate: Estimate, budget: int | None = None) -> None:
+    """Raise :class:`~napari_deeptrack.errors.MemoryBudgetError` when ``estimate`` exceeds ``budget``.
+
+    The message reads ``"simulation would need 23.1 GB (> 4.0 GB budget): lower `count` (850) or
+    image_shape (424x640), or batch_size (32)"``.
+    """
+    budget = memory_budget() if budget is None else int(budget)
+    if estimate.bytes <= budget:
+        return
+    hints = list(estimate.parameters)
+    if len(hints) > 1:
+        todo = "lower " + ", ".join(hints[:-1]) + f", or {hints[-1]}"
+    elif hints:
+        todo = f"lower {hints[0]}"
+    else:
+        todo = "use smaller inputs"
+    raise MemoryBudgetError(
+        f"{estimate.what} would need {format_bytes(estimate.bytes)} (> {format_bytes(budget)} budget): "
+        f"{todo} (or raise the budget with {ENV_CAP}=<GB>)",
+        parameter=estimate.parameters[0].split("`")[1] if "`" in "".join(estimate.parameters[:1]) else None,
+        need_bytes=estimate.bytes,
+        budget_bytes=budget,
+    )
+
+
+# ------------------------------------------------------------------------------------------ render
+def _hi(value, default: float = 0.0) -> float:
+    """Largest absolute value a parameter can take (finite; ``default`` if unknown)."""
+    try:
+        lo, hi = support(value)
+    except Exception:  # noqa: BLE001 - a Derived or foreign object: unknown range
+        return default
+    m = max(abs(float(lo)), abs(float(hi)))
+    return m if math.isfinite(m) else default
+
+
+def _extent_um(scatterer, pixel_um: float) -> float:
+    """Largest object radius (um) a scatterer can draw, from its ``*radius*`` / ``axis*`` fields."""
+    if not dataclasses.is_dataclass(scatterer):
+        return 0.0
+    ext = 0.0
+    for f in dataclasses.fields(scatterer):
+        name = f.name
+        if ("radius" in name or name.startswith("axis")) and (name.endswith("_um") or name.endswith("_px")):
+            v = _hi(getattr(scatterer, name, 0.0))
+            ext = max(ext, v * (pixel_um if name.endswith("_px") else 1.0))
+    return ext
+
+
+def _counts(pipeline) -> list[int]:
+    out = []
+    for pop in pipeline.particles:
+        try:
+            out.append(int(pop.max_count))
+        except (ValueError, OverflowError):
+            out.append(0)
+    return out
+
+
+def _count_hint(pipeline) -> str:
+    counts = _counts(pipeline)
+    if not counts:
+        return ""
+    return "`count` (" + ", ".join(str(c) for c in counts) + ")"
+
+
+def _fluorescence_peak(optics, pipeline, batch: int) -> tuple[int, dict]:
+    """Largest per-population working set of ``Fluorescence.render`` (bytes) and its numbers."""
+    h, w = pipeline.image_shape
+    dx = float(optics.sample_pixel_um)
+    os_ = int(optics.oversample_factor)
+    cutoff = float(optics.cutoff_per_um)
+    peak, info = 0, {}
+    for pop, n in zip(pipeline.particles, _counts(pipeline)):
+        if n == 0:
+            continue
+        m = batch * n
+        zmax = _hi(pop.z_um)
+        extent = _extent_um(pop.scatterer, dx)
+        p = int(optics.patch_size(zmax, extent, (h, w)))
+        pf = p * os_
+        df = min(1.0 / (2 * p * dx), cutoff / 6)
+        nk = 2 * int(math.floor(cutoff / df + 1e-9)) + 1
+        per = (
+            pf * pf * (8 + 8 + 4 * 3)  # field (complex), einsum temporary, re/im/intensity
+            + nk * nk * 8 * 3  # pupil factors u, ramps, phase
+            + pf * nk * 8  # first half of the matrix DFT
+            + (pf * pf * 8 * 2 if extent > 0 else 0)  # object spectrum and its product
+            + p * p * (8 + 4)  # scatter indices (int64 worst case) and the binned patch
+        )
+        if m * per > peak:
+            peak = m * per
+            info = {"particles": m, "patch_px": p, "oversample": os_, "pupil_samples": nk}
+    return peak, info
+
+
+def _coherent_peak(optics, pipeline, batch: int) -> tuple[int, dict]:
+    """Working set of ``Brightfield._field`` / ``render`` (bytes) and its numbers."""
+    from .optics.coherent import _fft_size
+
+    h, w = pipeline.image_shape
+    s = int(optics._oversample())
+    pad = max(h, w) // 2 if optics.padding_px is None else int(optics.padding_px)
+    hg, wg = _fft_size(h + 2 * pad) * s, _fft_size(w + 2 * pad) * s
+    dxg = float(optics.sample_pixel_um) / s
+    cutoff = float(optics.NA) / float(optics.wavelength_um)
+    inside = min(hg * wg, int(math.pi * cutoff**2 * (hg * dxg) * (wg * dxg) * 1.1) + 64)
+    grid = hg * wg * (8 * 3 + 4 * 2) + inside * 8 * 8  # frequency tables (float64) + pupil points
+    frames = batch * hg * wg * 8 * 3 + batch * inside * 8 * 2  # full spectrum, ifft, crop; spectra
+    worst, info = 0, {}
+    n_med, lam = float(optics.refractive_index_medium), float(optics.wavelength_um)
+    for pop, n in zip(pipeline.particles, _counts(pipeline)):
+        if n == 0:
+            continue
+        p = batch * n
+        cls = type(pop.scatterer).__name__
+        per = inside * 48  # a_p, phase, polar ones, contrib (complex64 / float32)
+        extra = 0
+        if cls in ("MieSphere", "CoreShellSphere"):
+            x = 2 * math.pi * n_med * _extent_um(pop.scatterer, dxg) / lam
+            orders = int(x + 4 * max(x, 0) ** (1 / 3) + 2)
+            extra = inside * orders * (8 * 2 + 4 * 2 + 8 * 2) + p * orders * 16 * 4
+        elif cls in ("Sphere", "Ellipsoid", "Ellipse"):
+            per += hg * wg * 16  # each particle's padded transmission and its FFT
+        if p * per + extra > worst:
+            worst = p * per + extra
+            info = {"particles": p, "grid": [hg, wg], "oversample": s, "pupil_points": inside}
+    info.setdefault("grid", [hg, wg])
+    return grid + frames + worst, info
+
+
+def estimate_render(pipeline, batch_size: int, what: str = "simulation") -> Estimate:
+    """Peak memory of ``pipeline(batch_size)``: frames, targets, transforms and the optics' work.
+
+    Parameters
+    ----------
+    pipeline : Pipeline
+        The simulation (``image_shape``, particle populations, optics).
+    batch_size : int
+        Images rendered at once (``batch_size * n_frames`` for a movie).
+    """
+    b = max(int(batch_size), 1)
+    h, w = (int(v) for v in pipeline.image_shape)
+    optics = pipeline.optics
+    ch = int(getattr(optics, "n_channels", 1) or 1)
+    n_targets = max(len(getattr(pipeline, "targets", {}) or {}), 1)
+    frame = b * h * w * 4
+    # image + noise / augmentation copies; targets (a few channels each) and their warped copies
+    base = frame * ch * 6 + frame * n_targets * 4
+    detail: dict[str, Any] = {"batch_size": b, "image_shape": [h, w]}
+    optics_bytes = 0
+    if hasattr(optics, "_psf_patches") and hasattr(optics, "patch_size"):
+        optics_bytes, info = _fluorescence_peak(optics, pipeline, b)
+        detail.update(info)
+    elif hasattr(optics, "_field") and hasattr(optics, "_oversample"):
+        optics_bytes, info = _coherent_peak(optics, pipeline, b)
+        detail.update(info)
+    else:
+        optics_bytes = frame * ch * 8  # other renderers (digits, generator optics): a few frames
+    hints = [h_ for h_ in (_count_hint(pipeline),) if h_]
+    if "patch_px" in detail:
+        hints.append(
+            f"the PSF patch (`patch_size_px`, {detail['patch_px']} px: higher NA or smaller z range)"
+        )
+    hints += [f"`image_shape` ({h}x{w})", f"`batch_size` ({b})"]
+    detail["optics_bytes"] = int(optics_bytes)
+    return Estimate(int(base + optics_bytes), what, hints, detail)
+
+
+def check_render(pipeline, batch_size: int, budget: int | None = None, what: str = "simulation") -> Estimate:
+    """:func:`estimate_render` then :func:`check`; returns the estimate."""
+    return estimate_render(pipeline, batch_size, what).check(budget)
+
+
+# ------------------------------------------------------------------------------------------ models
+def _check_config_sizes(config: dict[str, Any]) -> None:
+    """Refuse loop-making hyper-parameters and lists that no real network has (before building)."""
+    name = config.get("type", "model")
+    for key, value in config.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | float) and not math.isfinite(float(value)):
+            raise ConfigError(f"{name}: `{key}` must be finite, got {value}", parameter=key)
+        loopy = key in ("depth", "n_blocks", "n_layers", "num_layers") or key.endswith(("_layers", "_blocks"))
+        if loopy and isinstance(value, int | float) and value > MAX_DEPTH:
+            raise ConfigError(
+                f"{name}: `{key}` = {value:g} is far beyond any useful network (at most {MAX_DEPTH}); "
+                "use a value like 2-6",
+                parameter=key,
+            )
+        if isinstance(value, list | tuple) and len(value) > MAX_LIST:
+            raise ConfigError(
+                f"{name}: `{key}` lists {len(value)} entries (at most {MAX_LIST})", parameter=key
+            )
+
+
+def _meta_model(config: dict[str, Any]):
+    import torch
+
+    from ..nn.registry import build_model
+
+    _check_config_sizes(config)
+    with torch.device("meta"):
+        return build_model(config)
+
+
+def count_parameters(config: dict[str, Any]) -> int:
+    """Number of parameters of the model ``config`` describes, without allocating it (meta tensors).
+
+    Raises :class:`~napari_deeptrack.errors.ConfigError` (a ``ValueError``) for an invalid config.
+    """
+    try:
+        model = _meta_model(config)
+    except (ValueError, TypeError, OverflowError, RuntimeError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"invalid model config: {exc}") from exc
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def _widest_hint(config: dict[str, Any]) -> list[str]:
+    hints = []
+    for key in ("base_channels", "channels", "max_channels", "depth", "dense", "hidden"):
+        if key in config:
+            hints.append(f"`{key}` ({config[key]})")
+    return hints
+
+
+def estimate_model(config: dict[str, Any], what: str = "model construction") -> Estimate:
+    """Memory of the model's weights (float32) before building it: :func:`count_parameters` x 4 bytes."""
+    n = count_parameters(config)
+    return Estimate(n * 4, what, _widest_hint(config), {"parameters": n})
+
+
+def _activation_numel(config_or_model, input_shape: tuple[int, ...], train: bool) -> int | None:
+    """Sum of the outputs of every leaf module for one forward pass on meta tensors (None if unknown)."""
+    import torch
+
+    try:
+        if isinstance(config_or_model, dict):
+            model = _meta_model(config_or_model)
+        else:
+            model = config_or_model
+            if any(p.device.type != "meta" for p in model.parameters()):
+                model = None
+        if model is None:
+            return None
+        total = [0]
+
+        def hook(_mod, _inp, out):
+            if isinstance(out, torch.Tensor):
+                total[0] += out.numel()
+
+        leaves = [m for m in model.modules() if not list(m.children())]
+        handles = [m.register_forward_hook(hook) for m in leaves]
+        try:
+            model.train(train)
+            with torch.no_grad():
+                model(torch.empty(*input_shape, device="meta"))
+        finally:
+            for h_ in handles:
+                h_.remove()
+        return int(total[0])
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - a model that cannot run on meta tensors: use the fallback
+        return None
+
+
+def estimate_training(
+    config: dict[str, Any], input_shape: tuple[int, ...], what: str = "training"
+) -> Estimate:
+    """Memory of one training step: weights, gradients, Adam state and the stored activations.
+
+    ``input_shape`` is the batch ``(B, C, H, W)``.
+    """
+    n = count_parameters(config)
+    shape = tuple(int(v) for v in input_shape)
+    act = _activation_numel(config, shape, train=True)
+    if act is None:  # unknown architecture: assume 64 float activations per input value
+        act = 64 * math.prod(shape)
+    total = n * 4 * 4 + act * 4 * 2  # params, grads, Adam m and v; activations and their gradients
+    hints = [f"`batch_size` ({shape[0]})", f"the image size ({'x'.join(str(v) for v in shape[2:])})"]
+    return Estimate(int(total), what, hints + _widest_hint(config), {"parameters": n, "activations": act})
+
+
+def estimate_apply(
+    config_or_model,
+    frame_shape: tuple[int, ...],
+    n_frames: int,
+    chunk: int | None = None,
+    what: str = "apply",
+) -> Estimate:
+    """Peak memory of running a model over ``n_frames`` frames of ``frame_shape`` ``(C, H, W)``.
+
+    With ``chunk`` (frames per forward pass) the network's activations scale with ``chunk``; the
+    input stack and the outputs kept per frame (one float32 map per frame) with ``n_frames``.
+    """
+    import torch
+
+    c_h_w = tuple(int(v) for v in frame_shape)
+    if len(c_h_w) == 2:
+        c_h_w = (1, *c_h_w)
+    per_frame = math.prod(c_h_w) * 4
+    chunk = int(n_frames if chunk is None else max(1, min(int(chunk), int(n_frames))))
+    if isinstance(config_or_model, dict):
+        n = count_parameters(config_or_model)
+    else:
+        n = (
+            int(sum(p.numel() for p in config_or_model.parameters()))
+            if isinstance(config_or_model, torch.nn.Module)
+            else 0
+        )
+    act = _activation_numel(config_or_model, (1, *c_h_w), train=False)
+    if act is None:
+        act = 64 * math.prod(c_h_w)
+    # inference keeps a fraction of the activations alive (skip connections); take half as the peak
+    total = n * 4 + chunk * act * 4 // 2 + int(n_frames) * per_frame * 2
+    hints = [
+        f"the number of frames ({n_frames})",
+        f"the chunk size ({chunk})",
+        f"the frame size ({'x'.join(str(v) for v in c_h_w[1:])})",
+    ]
+    return Estimate(int(total), what, hints, {"parameters": n, "activations_per_frame": act, "chunk": chunk})
+
+
+def frames_per_chunk(
+    config_or_model, frame_shape: tuple[int, ...], budget: int | None = None, limit: int = 64
+) -> int:
+    """Largest number of frames (1..``limit``) whose forward pass fits in ``budget`` (at least 1)."""
+    budget = memory_budget() if budget is None else int(budget)
+    one = estimate_apply(config_or_model, frame_shape, 1, 1)
+    act = max(one.detail["activations_per_frame"] * 4 // 2 + math.prod(frame_shape) * 8, 1)
+    free = budget - one.detail["parameters"] * 4
+    return int(max(1, min(limit, free // act)))
