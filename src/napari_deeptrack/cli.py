@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from . import __version__
+from .errors import describe_error, report_bug
 
 COMMANDS = ["simulate", "presets", "train", "info", "apply", "evaluate", "demo"]
 
@@ -36,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; the single error boundary of the command line.
+
+    Expected failures (bad input, unreadable files, memory budget, diverged training, a full disk)
+    print one line naming the problem and return 2; anything else is a bug: one line saying so and
+    where the full traceback was logged, return 3. Ctrl-C returns 130.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
@@ -43,12 +50,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"napari-deeptrack {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except RecursionError:
+        print(
+            f"napari-deeptrack {args.command}: error: input nested too deeply (a configuration or file "
+            "with thousands of nested levels); simplify it",
+            file=sys.stderr,
+        )
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the boundary: every failure becomes one line
+        message, expected = describe_error(exc)
+        if not expected:
+            argv_text = " ".join(sys.argv[:1] + list(argv if argv is not None else sys.argv[1:]))
+            message = report_bug(exc, context=f"command: {argv_text}")
+            print(f"napari-deeptrack {args.command}: {message}", file=sys.stderr)
+            return 3
+        print(f"napari-deeptrack {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
+
 __all__ = [
     "read_truth_csv",
     "order_columns",
@@ -41,9 +43,10 @@ def write_results_csv(df: pd.DataFrame, path: str | Path, float_format: str = "%
     missing = [c for c in ("frame", "y", "x") if c not in df.columns]
     if missing:
         raise ValueError(f"results table lacks column(s) {missing}; it has {list(df.columns)}")
+    from .atomic import atomic_write_text
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    order_columns(df).to_csv(path, index=False, float_format=float_format)
+    atomic_write_text(path, order_columns(df).to_csv(index=False, float_format=float_format))
     return path
 
 
@@ -52,12 +55,29 @@ def read_results_csv(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
-    df = pd.read_csv(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; expected a CSV file")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a readable CSV table ({type(exc).__name__}: {exc})") from None
     if "z" in df.columns and "z_um" not in df.columns:
         df = df.rename(columns={"z": "z_um"})
     missing = [c for c in ("frame", "y", "x") if c not in df.columns]
     if missing:
         raise ValueError(f"{path} lacks column(s) {missing}; it has {list(df.columns)}")
+    for col in ("frame", "y", "x"):
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = values.isna() | ~np.isfinite(values.to_numpy(dtype=np.float64, na_value=np.nan))
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise InputError(
+                f"{path}: column {col!r} holds a non-numeric or non-finite value {df[col].iloc[row]!r} "
+                f"in data row {row + 1} ({int(bad.sum())} such rows)"
+            )
+        df[col] = values
+    if (df["frame"] < 0).any() or (df["frame"] != np.round(df["frame"])).any():
+        raise InputError(f"{path}: column 'frame' must hold whole numbers >= 0")
     df["frame"] = df["frame"].astype(np.int64)
     return df
 
@@ -79,9 +99,11 @@ def read_truth_csv(path: str | Path) -> pd.DataFrame:
 def write_counts_csv(counts, path: str | Path) -> Path:
     """Write ``frame,count`` (one row per frame)."""
     c = np.asarray(counts, dtype=np.float64).ravel()
+    from .atomic import atomic_write_text
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"frame": np.arange(len(c)), "count": c}).to_csv(path, index=False, float_format="%.6g")
+    table = pd.DataFrame({"frame": np.arange(len(c)), "count": c})
+    atomic_write_text(path, table.to_csv(index=False, float_format="%.6g"))
     return path
 
 
