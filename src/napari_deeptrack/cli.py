@@ -14,7 +14,7 @@ import sys
 from . import __version__
 from .errors import describe_error, report_bug
 
-COMMANDS = ["simulate", "presets", "train", "info", "apply", "evaluate", "demo"]
+COMMANDS = ["simulate", "presets", "train", "info", "apply", "evaluate", "demo", "export"]
 
 
 def build_parser() -> argparse.ArgumentParser:
