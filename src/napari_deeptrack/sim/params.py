@@ -99,9 +99,7 @@ class LogUniform(Distribution):
 
     def __post_init__(self):
         if not 0 < float(self.low) <= float(self.high):
-            raise ValueError(
-                f"LogUniform: need 0 < low <= high, got low={self.low}, high={self.high}"
-            )
+            raise ValueError(f"LogUniform: need 0 < low <= high, got low={self.low}, high={self.high}")
 
     def sample(self, shape, generator=None, device=None, context=None):
         lo, hi = math.log(self.low), math.log(self.high)
@@ -209,9 +207,37 @@ _SAFE_FUNCS = {
     "floor": torch.floor,
 }
 _SAFE_NODES = (
-    ast.Expression, ast.BinOp, ast.UnaryOp, ast.Name, ast.Load, ast.Constant, ast.Call,
-    ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow, ast.USub, ast.UAdd, ast.Mod, ast.FloorDiv,
+    ast.Expression,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.Name,
+    ast.Load,
+    ast.Constant,
+    ast.Call,
+    ast.Add,
+    ast.Sub,
+    ast.Mult,
+    ast.Div,
+    ast.Pow,
+    ast.USub,
+    ast.UAdd,
+    ast.Mod,
+    ast.FloorDiv,
 )
+
+
+#: Bounds of a ``Derived`` expression: characters, AST nodes, nesting depth, largest number literal.
+MAX_EXPR_CHARS = 1000
+MAX_EXPR_NODES = 200
+MAX_EXPR_DEPTH = 32
+MAX_LITERAL = 1e30
+
+
+def _depth(node: ast.AST, level: int = 0) -> int:
+    children = list(ast.iter_child_nodes(node))
+    if level > MAX_EXPR_DEPTH:
+        return level
+    return max([level] + [_depth(c, level + 1) for c in children])
 
 
 @register
@@ -223,20 +249,51 @@ class Derived(Distribution):
     ``+ - * / ** % //`` and the functions sqrt, exp, log, abs, sin, cos, minimum, maximum, clip,
     round, floor. The expression is parsed and checked, never passed to ``eval``, so configurations
     stay safe to load. Example: ``Derived("0.5 * radius_um")``.
+
+    The evaluator is bounded: at most 1000 characters, 200 syntax nodes and 32 levels of nesting;
+    numbers are float32 tensors (``9**9**9`` is ``inf`` at once, never a huge integer); a result that
+    is not finite (``1/0``, ``log(0)``) is an error naming the expression. Errors are
+    :class:`~napari_deeptrack.errors.ConfigError` (a ``ValueError``).
     """
 
     expr: str = "0"
 
     def __post_init__(self):
-        tree = ast.parse(self.expr, mode="eval")
-        for node in ast.walk(tree):
+        from ..errors import ConfigError
+
+        if not isinstance(self.expr, str):
+            raise ConfigError(f"Derived: expr must be a string, got {type(self.expr).__name__}")
+        if len(self.expr) > MAX_EXPR_CHARS:
+            raise ConfigError(f"Derived: expression longer than {MAX_EXPR_CHARS} characters")
+        try:
+            tree = ast.parse(self.expr.strip(), mode="eval")
+        except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+            raise ConfigError(f"Derived: {self.expr!r} is not a valid expression ({exc})") from None
+        nodes = list(ast.walk(tree))
+        if len(nodes) > MAX_EXPR_NODES:
+            raise ConfigError(f"Derived: {self.expr!r} has more than {MAX_EXPR_NODES} terms")
+        if _depth(tree) > MAX_EXPR_DEPTH:
+            raise ConfigError(f"Derived: {self.expr!r} is nested more than {MAX_EXPR_DEPTH} levels deep")
+        for node in nodes:
             if not isinstance(node, _SAFE_NODES):
-                raise ValueError(f"Derived: unsupported syntax {type(node).__name__} in {self.expr!r}")
+                raise ConfigError(f"Derived: unsupported syntax {type(node).__name__} in {self.expr!r}")
             if isinstance(node, ast.Call) and not (
                 isinstance(node.func, ast.Name) and node.func.id in _SAFE_FUNCS
             ):
-                raise ValueError(f"Derived: only {sorted(_SAFE_FUNCS)} may be called in {self.expr!r}")
+                raise ConfigError(f"Derived: only {sorted(_SAFE_FUNCS)} may be called in {self.expr!r}")
+            if isinstance(node, ast.Constant):
+                v = node.value
+                if isinstance(v, bool) or not isinstance(v, int | float):
+                    raise ConfigError(f"Derived: only numbers may appear as constants, got {v!r}")
+                if not abs(float(v)) <= MAX_LITERAL:
+                    raise ConfigError(f"Derived: number {v!r} is out of range (|x| <= {MAX_LITERAL:g})")
+            if isinstance(node, ast.Name) and node.id in _SAFE_FUNCS:
+                parent_ok = any(isinstance(c, ast.Call) and c.func is node for c in nodes)
+                if not parent_ok:
+                    raise ConfigError(f"Derived: {node.id} is a function; call it, e.g. {node.id}(x)")
         self._tree = tree
+        if not self.names:  # a constant expression: evaluate it now, so a bad one fails at loading
+            self.sample((1,))
 
     @property
     def names(self) -> list[str]:
@@ -246,26 +303,41 @@ class Derived(Distribution):
         )
 
     def sample(self, shape, generator=None, device=None, context=None):
+        from ..errors import ConfigError
+
         context = context or {}
         missing = [n for n in self.names if n not in context]
         if missing:
-            raise ValueError(f"Derived({self.expr!r}) needs {missing}; available: {sorted(context)}")
-        out = _eval(self._tree.body, context)
-        if not isinstance(out, torch.Tensor):
-            out = torch.tensor(float(out), device=_device(generator, device))
-        return torch.broadcast_to(out.to(torch.float32), shape).clone()
+            raise ConfigError(f"Derived({self.expr!r}) needs {missing}; available: {sorted(context)}")
+        dev = _device(generator, device)
+        try:
+            with torch.no_grad():
+                out = _eval(self._tree.body, context, dev)
+                out = torch.broadcast_to(out.to(torch.float32), shape).clone()
+        except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+            raise ConfigError(f"Derived({self.expr!r}) cannot be evaluated: {exc}") from None
+        if not bool(torch.isfinite(out).all()):
+            raise ConfigError(
+                f"Derived({self.expr!r}) gave non-finite values (division by zero, log of 0, overflow?)"
+            )
+        return out
 
 
-def _eval(node: ast.AST, ctx: dict[str, Any]):
+def _eval(node: ast.AST, ctx: dict[str, Any], device=None) -> torch.Tensor:
+    """Evaluate a checked expression with float32 tensors only (no Python big integers)."""
     if isinstance(node, ast.Constant):
-        return node.value
+        return torch.tensor(float(node.value), dtype=torch.float32, device=device)
     if isinstance(node, ast.Name):
-        return ctx[node.id]
+        v = ctx[node.id]
+        return (
+            v if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=torch.float32, device=device)
+        )
     if isinstance(node, ast.UnaryOp):
-        v = _eval(node.operand, ctx)
+        v = _eval(node.operand, ctx, device)
         return -v if isinstance(node.op, ast.USub) else v
     if isinstance(node, ast.BinOp):
-        a, b = _eval(node.left, ctx), _eval(node.right, ctx)
+        a, b = _eval(node.left, ctx, device), _eval(node.right, ctx, device)
+        a, b = a.to(torch.float32), b.to(torch.float32)
         op = node.op
         if isinstance(op, ast.Add):
             return a + b
@@ -276,14 +348,13 @@ def _eval(node: ast.AST, ctx: dict[str, Any]):
         if isinstance(op, ast.Div):
             return a / b
         if isinstance(op, ast.Pow):
-            return a**b
+            return torch.pow(a, b)
         if isinstance(op, ast.Mod):
-            return a % b
+            return torch.remainder(a, b)
         if isinstance(op, ast.FloorDiv):
-            return a // b
+            return torch.floor_divide(a, b)
     if isinstance(node, ast.Call):
-        args = [_eval(a, ctx) for a in node.args]
-        args = [a if isinstance(a, torch.Tensor) else torch.tensor(float(a)) for a in args]
+        args = [_eval(a, ctx, device).to(torch.float32) for a in node.args]
         return _SAFE_FUNCS[node.func.id](*args)
     raise ValueError(f"unsupported expression node {type(node).__name__}")  # pragma: no cover
 

@@ -84,8 +84,60 @@ def _decode(data: Any) -> Any:
         unknown = set(kwargs) - names
         if unknown:
             raise ValueError(f"{kind}: unknown field(s) {sorted(unknown)}; valid fields: {sorted(names)}")
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except (TypeError, AttributeError, KeyError, IndexError, OverflowError) as exc:
+            from ..errors import ConfigError  # a wrong value type (a string for a number...)
+
+            raise ConfigError(f"{kind}: invalid field value(s) ({type(exc).__name__}: {exc})") from None
+        except ValueError as exc:
+            from ..errors import ConfigError, DeepTrackError
+
+            if isinstance(exc, DeepTrackError) or str(exc).startswith(kind):
+                raise
+            raise ConfigError(f"{kind}: {exc}") from None
     return data
+
+
+#: Deepest nesting of lists / objects a configuration may have (real ones have fewer than 15 levels).
+MAX_DEPTH = 64
+
+
+def _check_depth(data: Any) -> None:
+    from ..errors import ConfigError
+
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"configuration nested more than {MAX_DEPTH} levels deep")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend((v, depth + 1) for v in value)
+
+
+def _check_text_depth(text: str) -> None:
+    """Bracket depth of JSON text, counted outside strings, before ``json.loads`` can recurse."""
+    from ..errors import ConfigError
+
+    depth, in_str, escape = 0, False, False
+    for ch in text:
+        if in_str:
+            if escape:
+                escape = False
+            elif ch == "\\":
+                escape = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ConfigError(f"configuration nested more than {MAX_DEPTH} levels deep")
+        elif ch in "]}":
+            depth -= 1
 
 
 def to_dict(obj: Any) -> Any:
@@ -96,7 +148,13 @@ def to_dict(obj: Any) -> Any:
 def from_dict(data: Any) -> Any:
     """Rebuild a tree of registered dataclasses from :func:`to_dict` output."""
     _ensure_all_registered()
-    return _decode(data)
+    from ..errors import ConfigError
+
+    _check_depth(data)
+    try:
+        return _decode(data)
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:  # malformed structure
+        raise ConfigError(f"invalid configuration ({type(exc).__name__}: {exc})") from None
 
 
 def to_json(obj: Any, indent: int | None = 2) -> str:
@@ -105,8 +163,26 @@ def to_json(obj: Any, indent: int | None = 2) -> str:
 
 
 def from_json(text: str) -> Any:
-    """Rebuild an object from :func:`to_json` output."""
-    return from_dict(json.loads(text))
+    """Rebuild an object from :func:`to_json` output.
+
+    Raises :class:`~napari_deeptrack.errors.ConfigError` (a ``ValueError``) for text that is not JSON,
+    is nested more than :data:`MAX_DEPTH` levels, or does not describe registered objects.
+    """
+    from ..errors import ConfigError
+
+    if isinstance(text, bytes | bytearray):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"configuration is not UTF-8 text ({exc})") from None
+    _check_text_depth(text)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"configuration is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ConfigError("configuration nested too deeply") from None
+    return from_dict(data)
 
 
 def _py(value: Any, indent: int) -> str:
