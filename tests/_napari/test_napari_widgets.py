@@ -13,15 +13,34 @@ import pandas as pd
 import pytest
 import torch
 
-from napari_deeptrack._napari._apply_widget import ApplyWidget
-from napari_deeptrack._napari._review_widget import ReviewWidget
-from napari_deeptrack._napari._simulate_widget import SimulateWidget, _grid
-from napari_deeptrack._napari._train_widget import TrainWidget
+from napari_deeptrack._napari._simulate_widget import _grid
 
 TINY_UNET = {"type": "UNet", "in_channels": 1, "out_channels": 1, "depth": 1, "base_channels": 4}
 
 
 # ---------------------------------------------------------------------------- helpers
+def open_widget(viewer, name):
+    """The widget as napari opens it (Plugins > DeepTrack > name): it gets a proxy of the viewer."""
+    _, widget = viewer.window.add_plugin_dock_widget("napari-deeptrack", name)
+    return widget
+
+
+def ApplyWidget(viewer):  # noqa: N802 - reads like the class it opens
+    return open_widget(viewer, "Apply")
+
+
+def ReviewWidget(viewer):  # noqa: N802
+    return open_widget(viewer, "Review")
+
+
+def SimulateWidget(viewer):  # noqa: N802
+    return open_widget(viewer, "Simulate")
+
+
+def TrainWidget(viewer):  # noqa: N802
+    return open_widget(viewer, "Train")
+
+
 def spots(n=6, shape=(64, 64), frames=1, sigma=1.6, seed=0):
     """Poisson images of isolated Gaussian spots; returns images [T, H, W] and truth (frame, y, x)."""
     rng = np.random.default_rng(seed)
@@ -106,6 +125,7 @@ def test_simulate_match_preview_and_files(make_napari_viewer, qtbot, tmp_path):
     w.auto_preview.value = False
     w.layer.value = real
     assert w.match_to_layer()
+    wait_worker(qtbot, w, "_match_worker")
     assert w.pixel_size_um.value == pytest.approx(0.08)
     assert 4 <= w.count_max.value and w.count_min.value <= 8
     w.preview()
@@ -178,7 +198,7 @@ def test_train_runs_in_worker_without_stalling_the_event_loop(make_napari_viewer
     # Apply can use the model just trained (no file needed)
     aw = ApplyWidget(viewer)
     aw.layer.value = viewer.add_image(spots(n=4, shape=(32, 32))[0][0])
-    aw.source.value = "model from the Train widget"
+    assert aw.source.value == "model trained / fine-tuned in this viewer"  # switched by the session
     assert aw.run() is not None
     wait_worker(qtbot, aw)
     assert "DeepTrack detections" in viewer.layers
@@ -447,7 +467,9 @@ def test_bad_inputs_notify_and_never_overwrite_user_layers(make_napari_viewer, m
     rw.prediction.value, rw.reference.value = a, b
     seg = detector_bundle()
     seg.task.kind = "segmentation"
-    aw.bundle, aw.source.value = seg, "bundle file"
+    from napari_deeptrack._napari._session import ApplyResult
+
+    rw.session.set_result(ApplyResult(bundle=seg, source_layer="a", kind="segmentation"))  # as after Apply
     assert rw.evaluate() is None
     assert any("segmentation" in m for m in errors(messages))
     assert len(viewer.layers) == 6  # nothing was added by the failures
@@ -490,4 +512,3 @@ def test_loss_plot_switches_to_a_linear_axis_for_negative_likelihood_losses(qtbo
         if image.pixelColor(x, y).red() > 200 and 120 < image.pixelColor(x, y).green() < 180
     ]
     assert orange, "the negative validation loss is not drawn"
-

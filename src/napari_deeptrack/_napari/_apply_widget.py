@@ -42,24 +42,18 @@ from ._layers import (
     layer_pixel_size_um,
     notify,
     spatial_kwargs,
-    viewer_alive,
+    widget_alive,
     write_layer,
 )
+from ._session import ApplyResult, session_for
 from ._threshold import DetectionCache
 
-__all__ = ["ApplyWidget", "last_apply_widget"]
+__all__ = ["ApplyWidget"]
 
-SOURCES = ("model from the Train widget", "bundle file")
+SOURCES = ("model trained / fine-tuned in this viewer", "bundle file")
 POINTS_ROLE = "detections"
 #: Detections are computed down to this probability so the slider can filter live above it.
 BASE_THRESHOLD = 0.25
-_LAST: dict[int, ApplyWidget] = {}
-
-
-def last_apply_widget(viewer) -> ApplyWidget | None:
-    return _LAST.get(id(viewer))
-
-
 class ApplyWidget(Container):
     """Run a model on the selected layer; threshold live; per-frame counts."""
 
@@ -104,7 +98,10 @@ class ApplyWidget(Container):
         self.worker = None
         self.last_warnings: list[str] = []
         self._points_layer = None
-        _LAST[id(napari_viewer)] = self
+        self.session = session_for(napari_viewer)
+        self.session.model_changed.connect(self._session_model_changed)
+        if self.session.model is not None:
+            self._session_model_changed(self.session.model)
         self.bundle_path.changed.connect(lambda *_: self.load_bundle())
         self.run_btn.changed.connect(self.run)
         self.cancel_btn.changed.connect(self.cancel)
@@ -157,15 +154,26 @@ class ApplyWidget(Container):
             self.threshold.value = float(thr)
         return bundle
 
+    def _session_model_changed(self, bundle) -> None:
+        """A model was trained (Train) or fine-tuned (Review): use it."""
+        if bundle is None:
+            return
+        try:
+            self.source.value = SOURCES[0]
+            task = bundle.task
+            self.bundle_info.value = (
+                f"{task.name} ({task.kind}), {self.session.model_origin} in this viewer, not saved yet"
+            )
+        except RuntimeError:  # widget deleted
+            pass
+
     def current_bundle(self):
         if self.source.value == SOURCES[0]:
-            from ._train_widget import last_train_widget
-
-            tw = last_train_widget(self.viewer)
-            bundle = tw.trained_bundle() if tw is not None else None
+            bundle = self.session.model
             if bundle is None:
                 raise InputError(
-                    "No model has been trained in the Train widget yet: train one or load a bundle."
+                    "No model has been trained in this viewer yet: train one (Train widget) or choose "
+                    "'bundle file' and load a .zip."
                 )
             return bundle
         if self.bundle is None:
@@ -244,7 +252,7 @@ class ApplyWidget(Container):
 
     # ------------------------------------------------------------------ results -> layers
     def _show(self, res: dict, bundle, meta: dict) -> None:
-        if not viewer_alive(self.viewer):
+        if not widget_alive(self):
             return
         if res is None:
             return
@@ -348,6 +356,14 @@ class ApplyWidget(Container):
             counts = np.asarray(res["counts"])
             self.cache = None
             self.counts_label.value = "counts per frame: " + ", ".join(f"{c:.1f}" for c in counts[:20])
+        self.session.set_result(
+            ApplyResult(
+                bundle=bundle,
+                source_layer=getattr(source, "name", ""),
+                kind=bundle.task.kind,
+                summary=str(res.get("summary", "")),
+            )
+        )
         notify(f"Apply finished: {res.get('summary', '')}")
 
     # ------------------------------------------------------------------ threshold & counts

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ._session import unwrap_viewer
+
 __all__ = [
     "PLUGIN_KEY",
     "InputError",
@@ -24,7 +26,7 @@ __all__ = [
     "layer_pixel_size_um",
     "notify",
     "spatial_kwargs",
-    "viewer_alive",
+    "widget_alive",
     "write_layer",
 ]
 
@@ -149,10 +151,17 @@ def spatial_kwargs(source, ndim: int, leading: tuple[float, ...] | None = None) 
     return out
 
 
-def viewer_alive(viewer) -> bool:
-    """False once the viewer's window was closed (late worker results are then dropped)."""
-    win = getattr(viewer, "window", None)
-    return win is None or hasattr(win, "_qt_window")
+def widget_alive(widget) -> bool:
+    """False once the widget's Qt object was deleted (its napari window closed: napari deletes the
+    main window and its docks on close), so late worker results are dropped. Public API only."""
+    try:
+        native = getattr(widget, "native", widget)
+        if native is None:
+            return False
+        native.objectName()
+    except (RuntimeError, AttributeError):  # the wrapped C++ object has been deleted
+        return False
+    return True
 
 
 def is_plugin_layer(layer) -> bool:
@@ -177,17 +186,15 @@ def write_layer(viewer, name: str, layer_type: str, data, role: str | None = Non
     ``kwargs`` are layer keyword arguments (``scale``, ``features``...).
     """
     role = role or name
-    if not viewer_alive(viewer):
-        return None
     for layer in viewer.layers:
         meta = getattr(layer, "metadata", None) or {}
         if meta.get(PLUGIN_KEY) == role and layer._type_string == layer_type:
             _update(layer, layer_type, data, kwargs)
-            return layer
+            return unwrap_viewer(layer)
     metadata = dict(kwargs.pop("metadata", {}) or {})
     metadata[PLUGIN_KEY] = role
     add = getattr(viewer, f"add_{layer_type}")
-    return add(data, name=_free_name(viewer, name), metadata=metadata, **kwargs)
+    return unwrap_viewer(add(data, name=_free_name(viewer, name), metadata=metadata, **kwargs))
 
 
 def _update(layer, layer_type: str, data, kwargs: dict) -> None:

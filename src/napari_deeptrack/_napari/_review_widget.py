@@ -22,6 +22,7 @@ import pandas as pd
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
 
 from ._layers import InputError, image_frames, image_layers, is_plugin_layer, notify
+from ._session import session_for, unwrap_viewer
 
 __all__ = ["ReviewWidget", "mixed_batches", "targets_from_points"]
 
@@ -68,6 +69,12 @@ class ReviewWidget(Container):
             ],
             scrollable=True,
         )
+        self.session = session_for(napari_viewer)
+        self.model_info = Label(value="")
+        self.insert(0, self.model_info)
+        self.session.result_changed.connect(self._result_changed)
+        self.session.model_changed.connect(self._result_changed)
+        self._result_changed()
         self.metrics: dict[str, dict] = {}
         self.finetuned = None
         self.finetune_history: dict | None = None
@@ -96,18 +103,35 @@ class ReviewWidget(Container):
                 pass
 
     # ------------------------------------------------------------------ helpers
-    def _bundle(self):
-        from ._apply_widget import last_apply_widget
-
-        aw = last_apply_widget(self.viewer)
-        if self.finetuned is not None:
-            return self.finetuned
-        if aw is None:
-            return None
+    def _result_changed(self, *_) -> None:
+        """Follow the session: the model whose output is reviewed, and its output layers."""
         try:
-            return aw.current_bundle()
-        except InputError:
-            return None
+            res = self.session.result
+            if res is None:
+                self.model_info.value = "model output: run Apply first"
+                return
+            self.model_info.value = f"reviewing {res.bundle.task.name} on '{res.source_layer}'"
+            if self.image.value is None:
+                self.image.reset_choices()
+                match = [c for c in self.image.choices if getattr(c, "name", None) == res.source_layer]
+                if match:
+                    self.image.value = match[0]
+            if self.prediction.value is None:
+                self.prediction.reset_choices()
+                for name in ("DeepTrack detections", "DeepTrack labels"):
+                    choice = [c for c in self.prediction.choices if getattr(c, "name", None) == name]
+                    if choice:
+                        self.prediction.value = choice[0]
+                        break
+        except RuntimeError:  # widget deleted
+            pass
+
+    def _bundle(self):
+        """The model that made the reviewed output (the last Apply run), else the session's model."""
+        res = self.session.result
+        if res is not None:
+            return res.bundle
+        return self.session.model
 
     def copy_for_correction(self, *_):
         """A user-owned copy of the model output (only the shown points) to edit."""
@@ -137,6 +161,7 @@ class ReviewWidget(Container):
             layer = self.viewer.add_labels(np.array(src.data, copy=True), **kwargs)
         else:
             return None
+        layer = unwrap_viewer(layer)  # the layer itself, not napari's proxy of it
         self.reference.reset_choices()
         self.reference.value = layer
         notify(
@@ -299,6 +324,15 @@ class ReviewWidget(Container):
         data = mixed_batches(task, frames[keep], targets, batch_size=bs, steps=epochs * steps)
         self.progress.max, self.progress.value = epochs * steps, 0
         self._task = task
+        self._base_config = bundle.config
+        self._finetune_settings = {
+            "epochs": epochs,
+            "steps_per_epoch": steps,
+            "batch_size": bs,
+            "corrected_layer": ref.name,
+            "corrected_frames": [int(k) for k in keep],
+            "mix": "alternate batches: corrected real crops / simulation",
+        }
         worker = create_worker(
             train_events,
             task,
@@ -323,17 +357,15 @@ class ReviewWidget(Container):
     def _finetuned(self, result) -> None:
         from ..io.bundle import Bundle
 
-        self.finetuned = Bundle(
-            model=result.model.eval(), task=self._task, config={"history": result.history}, path=None
-        )
+        base = dict(self._base_config or {})
+        config = {
+            "history": base.get("history", {}),
+            "training": base.get("training", {}),
+            "finetune": {**self._finetune_settings, "history": result.history},
+        }
+        self.finetuned = Bundle(model=result.model.eval(), task=self._task, config=config, path=None)
         self.finetune_history = result.history
-        from ._apply_widget import last_apply_widget
-
-        aw = last_apply_widget(self.viewer)
-        if aw is not None:
-            aw.bundle = self.finetuned
-            aw.source.value = "bundle file"
-            aw.bundle_info.value = f"{self._task.name}: fine-tuned on corrections (not saved yet)"
+        self.session.set_model(self.finetuned, origin="fine-tuned")
         notify("Fine-tuning finished: Apply now uses the fine-tuned model; run it and Evaluate again.")
 
     # ------------------------------------------------------------------ report
@@ -351,12 +383,15 @@ class ReviewWidget(Container):
             )
             if not path:
                 return None
-        bundle = self._bundle()
-        history = self.finetune_history
-        settings = {}
-        if bundle is not None:
-            history = history or (bundle.config or {}).get("history")
-            settings = (bundle.config or {}).get("training", {})
+        bundle = self.finetuned or self._bundle()
+        config = dict(getattr(bundle, "config", None) or {})
+        history = config.get("history") or {}
+        settings = {"training": config.get("training") or {}}
+        if config.get("finetune"):
+            settings["fine-tuning"] = config["finetune"]
+        res = self.session.result
+        if res is not None:
+            settings["applied"] = {"layer": res.source_layer, "summary": res.summary}
         out = write_report(
             path,
             self.metrics,

@@ -25,9 +25,10 @@ from ._layers import (
     layer_pixel_size_um,
     notify,
     spatial_kwargs,
-    viewer_alive,
+    widget_alive,
     write_layer,
 )
+from ._session import session_for
 
 __all__ = ["PREVIEW_ROLE", "SimulateWidget"]
 
@@ -36,12 +37,6 @@ PREVIEW_NAME = "DeepTrack simulation"
 MODALITIES = ("fluorescence", "brightfield", "holography")
 PARTICLES = ("point", "sphere", "Mie sphere", "cell")
 ABERRATIONS = ("none", "defocus", "astigmatism", "coma_x", "coma_y", "spherical", "trefoil_x")
-_LAST: dict[int, SimulateWidget] = {}
-
-
-def last_simulate_widget(viewer) -> SimulateWidget | None:
-    """The Simulate widget docked in ``viewer`` (used by Train to take its simulation)."""
-    return _LAST.get(id(viewer))
 
 
 def _make(cls, **kwargs):
@@ -157,9 +152,11 @@ class SimulateWidget(Container):
             ],
             scrollable=True,
         )
-        _LAST[id(napari_viewer)] = self
+        self.session = session_for(napari_viewer)
         self.last_result: dict | None = None
         self._worker = None
+        self._match_worker = None
+        self._filling = False
         self._pending = False
         self._timer = QTimer()
         self._timer.setSingleShot(True)
@@ -173,6 +170,7 @@ class SimulateWidget(Container):
         for w in self._parameter_widgets():
             w.changed.connect(self._parameters_changed)
         self.layout_mode.changed.connect(self._apply_layout)
+        self.modality.changed.connect(self._particle_for_modality)
         for ev in ("inserted", "removed", "reordered"):
             getattr(napari_viewer.layers.events, ev).connect(self._refresh_layers)
 
@@ -218,8 +216,21 @@ class SimulateWidget(Container):
         ]
 
     def _parameters_changed(self, *_):
+        if self._filling:
+            return
+        self.publish()
         if self.auto_preview.value:
             self._timer.start()  # debounced: restarts on every change
+
+    def publish(self, matched: bool | None = None) -> None:
+        """Hand the form's simulation to the other widgets (through the viewer's session)."""
+        layer = self.layer.value
+        try:
+            pipeline = self.build_pipeline()
+        except (ValueError, TypeError):
+            pipeline = None
+        origin = f"matched to '{layer.name}'" if layer is not None else "Simulate form"
+        self.session.set_simulation(pipeline, origin=origin, matched=matched)
 
     # ------------------------------------------------------------------ pipeline <-> form
     def build_pipeline(self, image_shape: tuple[int, int] | None = None):
@@ -288,8 +299,12 @@ class SimulateWidget(Container):
 
     def set_pipeline(self, pipeline) -> None:
         """Fill the form from a pipeline (first population; unknown objects keep the form's values)."""
-        with self.changed.blocked():
-            self._set_pipeline(pipeline)
+        was, self._filling = self._filling, True
+        try:
+            with self.changed.blocked():
+                self._set_pipeline(pipeline)
+        finally:
+            self._filling = was
         self._parameters_changed()
 
     def _set_pipeline(self, pipeline) -> None:
@@ -344,39 +359,69 @@ class SimulateWidget(Container):
                 self.read_noise.value = float(np.mean(_bounds(tr.sigma)))
 
     # ------------------------------------------------------------------ match
-    def match_to_layer(self, *_) -> bool:
-        """Estimate pixel size, PSF width, background, noise, density, polarity from the selected layer."""
-        from ..analysis.calibrate import estimate_statistics, match_pipeline
+    def match_to_layer(self, *_):
+        """Estimate pixel size, PSF width, background, noise, density, polarity from the selected layer.
 
+        The frames are validated here; the estimation runs in a worker (seconds on a large stack) and
+        fills the form when it returns. Returns the worker (or None when the input is refused).
+        """
+        from napari.qt.threading import create_worker
+
+        if self._match_worker is not None:
+            notify("Match to layer is already running.", "warning")
+            return None
         layer = self.layer.value
         try:
             frames, _ = image_frames(layer, what="Match to layer")
             px = layer_pixel_size_um(layer)
-            stats = estimate_statistics(frames, px)
-            matched = match_pipeline(
-                self.build_pipeline(frames.shape[-2:]), frames, px, stats=stats, match_shape=True
-            )
+            template = self.build_pipeline(frames.shape[-2:])
         except (InputError, ValueError) as exc:
             notify(str(exc), "error")
-            return False
-        self.set_pipeline(matched)
-        if stats.polarity == "dark" and self.modality.value == "fluorescence":
-            self.modality.value = "brightfield"
+            return None
+        self.match_label.value = f"matching '{layer.name}'..."
+        worker = create_worker(_match, template, frames, px, _start_thread=False)
+        worker.returned.connect(lambda out: self._matched(out, layer.name, px))
+        worker.errored.connect(self._match_failed)
+        worker.finished.connect(lambda: setattr(self, "_match_worker", None))
+        self._match_worker = worker
+        worker.start()
+        return worker
+
+    def _match_failed(self, exc) -> None:
+        self.match_label.value = ""
+        notify(f"Match to layer failed: {exc}", "error")
+
+    def _matched(self, out: tuple, layer_name: str, px: float | None) -> None:
+        matched, stats = out
+        self._filling = True
+        try:
+            self.set_pipeline(matched)
+            if stats.polarity == "dark" and self.modality.value == "fluorescence":
+                self.modality.value = "brightfield"
+            self._particle_for_modality()
+        finally:
+            self._filling = False
         sigma = f"{stats.spot_sigma_px:.2f} px" if stats.spot_sigma_px else "no spots found"
+        pixel = f"pixel {px:.4g} um" if px else "pixel size unknown: enter it above"
         self.match_label.value = (
-            f"pixel {px if px else 'unknown (kept)'} um, spot sigma {sigma}, "
-            f"background {stats.background:.4g}, noise {stats.noise_sigma:.3g}, "
-            f"{stats.spots_per_frame:.0f} spots/frame, {stats.polarity} particles"
+            f"{pixel}, spot sigma {sigma}, background {stats.background:.4g}, noise "
+            f"{stats.noise_sigma:.3g}, {stats.spots_per_frame:.0f} spots/frame, {stats.polarity} particles"
         )
-        notify(f"Simulation matched to '{layer.name}': {self.match_label.value}")
-        return True
+        self.publish(matched=True)
+        self._parameters_changed()
+        notify(f"Simulation matched to '{layer_name}': {self.match_label.value}")
+
+    def _particle_for_modality(self, *_) -> None:
+        """Coherent optics (bright-field, holography) cannot image point particles: use spheres."""
+        if self.modality.value in ("brightfield", "holography") and self.particle.value == "point":
+            self.particle.value = "sphere"
 
     # ------------------------------------------------------------------ preview
     def preview(self, *_):
         """Simulate a preview (in a worker) and show it next to the selected layer."""
         from napari.qt.threading import create_worker
 
-        if not viewer_alive(self.viewer):
+        if not widget_alive(self):
             self._timer.stop()
             return None
         if self._worker is not None:
@@ -413,7 +458,7 @@ class SimulateWidget(Container):
             self.preview()
 
     def _show_preview(self, result: dict, meta: dict) -> None:
-        if not viewer_alive(self.viewer):
+        if not widget_alive(self):
             return
         images = result["images"]
         # one simulated frame, (H, W) like the real layer's frames: a 2D layer shows at every time point
@@ -521,6 +566,15 @@ def _file_dialog(mode: str, title: str, filt: str) -> str | None:
     else:
         path, _ = QFileDialog.getOpenFileName(None, title, "", filt)
     return path or None
+
+
+def _match(template, frames: np.ndarray, px: float | None):
+    """Worker: statistics of the real frames and the pipeline matched to them (no layer access)."""
+    from ..analysis.calibrate import estimate_statistics, match_pipeline
+
+    stats = estimate_statistics(frames, px)
+    matched = match_pipeline(template, frames, px, stats=stats, match_shape=True)
+    return matched, stats
 
 
 def _simulate_preview(pipeline, n: int, seed: int, frames: np.ndarray | None) -> dict:

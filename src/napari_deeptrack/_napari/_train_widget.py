@@ -9,6 +9,7 @@ the current batch; the model keeps the best checkpoint (lowest validation loss).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import queue
 import threading
@@ -27,16 +28,11 @@ from magicgui.widgets import (
 )
 
 from ._layers import notify
+from ._session import session_for
 
-__all__ = ["TrainWidget", "last_train_widget", "train_events"]
+__all__ = ["TrainWidget", "crop_simulation", "train_events"]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-_LAST: dict[int, TrainWidget] = {}
-
-
-def last_train_widget(viewer) -> TrainWidget | None:
-    """The Train widget docked in ``viewer`` (Apply uses its just-trained model)."""
-    return _LAST.get(id(viewer))
 
 
 def _presets() -> list[str]:
@@ -129,7 +125,8 @@ class TrainWidget(Container):
         presets = _presets()
         self.preset = ComboBox(label="task preset", choices=presets, value=presets[0] if presets else None)
         self.description = Label(value="")
-        self.use_simulation = CheckBox(label="use the Simulate widget's simulation", value=False)
+        self.use_simulation = CheckBox(label="train on the Simulate widget's simulation", value=False)
+        self.simulation_info = Label(value="no simulation from the Simulate widget yet")
         self.model_config = LineEdit(label="model (JSON)")
         self.epochs = SpinBox(label="epochs", value=10, min=1, max=100000)
         self.steps = SpinBox(label="steps per epoch", value=50, min=1, max=1000000)
@@ -155,6 +152,7 @@ class TrainWidget(Container):
                 self.preset,
                 self.description,
                 self.use_simulation,
+                self.simulation_info,
                 self.model_config,
                 self.epochs,
                 self.steps,
@@ -187,7 +185,9 @@ class TrainWidget(Container):
         self.last_event: dict | None = None
         self.worker = None
         self._stop_flag = None
-        _LAST[id(napari_viewer)] = self
+        self.session = session_for(napari_viewer)
+        self.session.simulation_changed.connect(self._simulation_changed)
+        self._simulation_changed(self.session.simulation)
         self.preset.changed.connect(self._preset_changed)
         self.train_btn.changed.connect(self.start_training)
         self.stop_btn.changed.connect(self.stop)
@@ -195,6 +195,20 @@ class TrainWidget(Container):
         self._preset_changed()
 
     # ------------------------------------------------------------------ form
+    def _simulation_changed(self, pipeline) -> None:
+        try:
+            if pipeline is None:
+                self.simulation_info.value = (
+                    "no simulation from the Simulate widget yet (open it, Match to layer)"
+                )
+                return
+            h, w = pipeline.image_shape
+            self.simulation_info.value = f"Simulate: {self.session.simulation_origin} ({h}x{w} frames)"
+            if self.session.simulation_matched:
+                self.use_simulation.value = True
+        except RuntimeError:  # widget deleted
+            pass
+
     def _preset_changed(self, *_):
         from ..tasks import TRAINING_DEFAULTS, get_preset
 
@@ -226,14 +240,13 @@ class TrainWidget(Container):
                 raise ValueError('model (JSON) must be an object with a "type", e.g. {"type": "UNet", ...}')
             task.model = model
         if self.use_simulation.value:
-            from ._simulate_widget import last_simulate_widget
-
-            sim_widget = last_simulate_widget(self.viewer)
-            if sim_widget is None:
+            full = self.session.simulation
+            if full is None:
                 raise ValueError(
-                    "open the Simulate widget first, or untick 'use the Simulate widget's simulation'"
+                    "the Simulate widget has no valid simulation: open Plugins > DeepTrack > Simulate "
+                    "and Match to layer, or untick 'train on the Simulate widget's simulation'"
                 )
-            mine = sim_widget.build_pipeline(task.pipeline.image_shape)
+            mine = crop_simulation(full, task.pipeline.image_shape)
             keep = [
                 t
                 for t in task.pipeline.transforms
@@ -324,6 +337,7 @@ class TrainWidget(Container):
         best = result.history.get("best_val_loss")
         self.status.value = f"{reason}: best validation loss {best:.4g}" if best is not None else reason
         self.save_btn.enabled = True
+        self.session.set_model(self.trained_bundle(), origin="trained")
         notify(f"Training {reason}. The model is ready for Apply; Save bundle keeps it.")
 
     def _finished(self):
@@ -372,3 +386,30 @@ class TrainWidget(Container):
             return None
         notify(f"Bundle saved to {out}")
         return out
+
+
+def crop_simulation(pipeline, image_shape):
+    """The full-frame simulation on training crops of ``image_shape``: particle counts scale with the area.
+
+    A matched simulation counts the particles of a whole frame (e.g. 426-1279 on 424x640); a 64x64 crop
+    of the same sample holds ``64*64 / (424*640)`` as many.
+    """
+    from ..sim import IntUniform
+    from ..sim.params import support
+
+    h0, w0 = pipeline.image_shape
+    h, w = (int(s) for s in image_shape)
+    factor = (h * w) / float(h0 * w0)
+    particles = []
+    for pop in pipeline.particles:
+        try:
+            lo, hi = support(pop.count)
+        except TypeError:
+            particles.append(pop)
+            continue
+        lo_c = int(round(lo * factor))
+        hi_c = max(int(round(hi * factor)), 1 if hi > 0 else 0)
+        lo_c = min(lo_c, hi_c)
+        count = IntUniform(lo_c, hi_c) if hi_c > lo_c else hi_c
+        particles.append(dataclasses.replace(pop, count=count))
+    return pipeline.with_(image_shape=(h, w), particles=particles)
