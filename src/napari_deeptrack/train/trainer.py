@@ -18,17 +18,26 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from ..errors import InputError, TrainingDiverged
 from .data import ValidationSet, make_loader
 from .events import Callback, StopFlag
 from .losses import Loss, Pix2PixLoss, build_loss
 from .seeding import derive_seed, deterministic_mode, resolve_device
 
-__all__ = ["Trainer"]
+__all__ = ["MAX_RECOVERIES", "Trainer"]
 
 MetricsFn = Callable[[torch.Tensor, ValidationSet], dict[str, float]]
 CheckpointFn = Callable[[torch.nn.Module, dict[str, Any]], None]
 
 OPTIMIZERS = ("adam", "adamw")
+#: Times a non-finite or exploding loss may be recovered from (skip the batch, restore the last good
+#: weights if needed, divide the learning rate by ``RECOVERY_LR_FACTOR``) before training stops.
+MAX_RECOVERIES = 3
+RECOVERY_LR_FACTOR = 10.0
+#: A training loss this many times the median of the recent losses counts as exploding.
+EXPLODE_FACTOR = 1e4
+#: Largest learning rate accepted (Adam steps of size ~lr: beyond this nothing trains).
+MAX_LR = 10.0
 SCHEDULES = ("cosine", "step", "none")
 
 
@@ -77,6 +86,14 @@ class Trainer:
         DataLoader worker processes when ``train_data`` is a dataset.
     val_batch_size : int
         Batch size for validation.
+    Divergence: a batch whose loss or gradients are not finite, or whose loss explodes (more than
+    ``EXPLODE_FACTOR`` times the median of the recent losses), is skipped; the weights go back to the
+    last good ones if they were spoiled, the optimiser state is reset and the learning rate divided
+    by ``RECOVERY_LR_FACTOR``. After ``MAX_RECOVERIES`` such recoveries (or a non-finite validation
+    loss that recurs) training stops with :class:`~napari_deeptrack.errors.TrainingDiverged`, whose
+    message says what to change; the diverged weights are never checkpointed.
+    ``history["recoveries"]`` lists what happened.
+
     max_seconds : float or None
         Wall-clock budget for the run. After every epoch the trainer projects the time per epoch
         and, when ``epochs`` would not fit, shortens the run to the epochs that do, compressing the
@@ -116,8 +133,11 @@ class Trainer:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         if int(steps_per_epoch) < 1:
             raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
-        if not float(lr) > 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
+        if not (math.isfinite(float(lr)) and 0 < float(lr) <= MAX_LR):
+            raise InputError(
+                f"lr (learning rate) must be in (0, {MAX_LR:g}], got {lr}; typical values are 1e-4 to 1e-2",
+                parameter="lr",
+            )
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         if lr_schedule not in SCHEDULES:
@@ -155,6 +175,9 @@ class Trainer:
             "samples_per_s": [],
             "time_s": [],
         }
+        self.recoveries = 0
+        self._recent: list[float] = []
+        self._good_state: dict[str, torch.Tensor] | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_epoch: int | None = None
         self.best_val_loss = math.inf
@@ -208,16 +231,69 @@ class Trainer:
         else:
             self.opt.zero_grad(set_to_none=True)
             loss = self.loss(self.model(x), y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss is {loss.item()}; try a lower learning rate (lr={self.lr})"
-            )
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            return self._skip(f"training loss is {value}")
+        if len(self._recent) >= 10:
+            median = sorted(self._recent)[len(self._recent) // 2]
+            if value > EXPLODE_FACTOR * max(abs(median), 1e-3):
+                return self._skip(f"training loss exploded to {value:.4g} (recent median {median:.4g})")
         loss.backward()
-        if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), self.grad_clip if self.grad_clip > 0 else math.inf
+        )
+        if not bool(torch.isfinite(norm)):
+            self.opt.zero_grad(set_to_none=True)
+            return self._skip("gradients are not finite")
         self.opt.step()
         self.sched.step()
-        return float(loss.detach())
+        self._recent = (self._recent + [value])[-50:]
+        return value
+
+    # ------------------------------------------------------------------ divergence
+    def _params_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+
+    def _skip(self, why: str) -> float:
+        """Recover from a bad batch (see the class docstring); NaN is returned as its loss."""
+        self._recover(why)
+        self.sched.step()  # the schedule advances with the step count, skipped or not
+        return math.nan
+
+    def _recover(self, why: str) -> None:
+        import warnings
+
+        self.recoveries += 1
+        lr_now = self.opt.param_groups[0]["lr"]
+        record = self.history.setdefault("recoveries", [])
+        record.append({"step": int(self._step_count), "problem": why, "lr": float(lr_now)})
+        if self.recoveries > MAX_RECOVERIES:
+            raise TrainingDiverged(
+                f"training diverged: {why} (step {self._step_count}), still after lowering the learning rate "
+                f"{MAX_RECOVERIES} times (from {self.lr:.3g} to {lr_now:.3g}). Lower the learning rate "
+                "(--lr, e.g. 1e-4), clip gradients (--set training.grad_clip=1.0), or check the simulation "
+                "and its normalisation (targets, intensities) for extreme values."
+                + (
+                    " The bundle keeps the best checkpoint from before the divergence."
+                    if self.best_state
+                    else " No model was saved."
+                ),
+                parameter="lr",
+            )
+        if not self._params_finite() and self._good_state is not None:
+            self.model.load_state_dict(self._good_state)
+        for opt in [self.opt] + ([self.opt_d] if self.gan else []):
+            opt.state.clear()  # Adam moments may hold the blow-up
+            for g in opt.param_groups:
+                g["lr"] = g["lr"] / RECOVERY_LR_FACTOR
+        self.sched.base_lrs = [b / RECOVERY_LR_FACTOR for b in self.sched.base_lrs]
+        self._recent = []
+        warnings.warn(
+            f"{why} at step {self._step_count}: batch skipped, learning rate lowered to "
+            f"{lr_now / RECOVERY_LR_FACTOR:.3g} (recovery {self.recoveries} of {MAX_RECOVERIES})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     @torch.no_grad()
     def validate(self) -> tuple[float, dict[str, float]]:
@@ -252,6 +328,8 @@ class Trainer:
         self.sched = self._scheduler(self.opt)
         self.planned_epochs = self.epochs
         self.model.train()
+        self._step_count = 0
+        self._good_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         it = iter(self.train_data)
         t_start = time.perf_counter()
         step, reason, epoch, bad_epochs = 0, "completed", -1, 0
@@ -268,8 +346,10 @@ class Trainer:
                         reason = "data_exhausted"
                         break
                     lr = self.opt.param_groups[0]["lr"]
+                    self._step_count = step
                     loss = self._step(x, y)
-                    losses.append(loss)
+                    if math.isfinite(loss):
+                        losses.append(loss)
                     step += 1
                     samples += len(x)
                     now = time.perf_counter()
@@ -304,13 +384,19 @@ class Trainer:
                     break
                 dt = time.perf_counter() - t_epoch
                 val_loss, metrics = self.validate()
-                improved = val_loss < self.best_val_loss
+                if not math.isfinite(val_loss) or not self._params_finite():
+                    # a spoiled model: never recorded as best, never checkpointed
+                    self._recover(f"validation loss is {val_loss}")
+                    if not self._params_finite() and self._good_state is not None:
+                        self.model.load_state_dict(self._good_state)
+                improved = math.isfinite(val_loss) and val_loss < self.best_val_loss
                 self._record(epoch, losses, val_loss, metrics, lr, samples / max(dt, 1e-9), dt)
                 if improved:
                     self.best_val_loss, self.best_epoch, bad_epochs = val_loss, epoch, 0
                     self.best_state = {
                         k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
                     }
+                    self._good_state = self.best_state
                     self.history["best_epoch"], self.history["best_val_loss"] = epoch, val_loss
                     if self.checkpoint is not None:
                         self.checkpoint(self.model, self.history)
