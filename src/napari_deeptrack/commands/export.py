@@ -143,11 +143,11 @@ def write_tracks(
     if fmt == "ctc":
         from ..io.ctc import write_ctc
 
-        return write_ctc(df, out, image_shape=image_shape, radius_px=radius_px)
+        return write_ctc(df, out, image_shape=image_shape, radius_px=radius_px, pixel_size_um=pixel_size_um)
     if fmt == "trackpy":
         from ..io.trackpy_layout import write_trackpy_csv
 
-        return write_trackpy_csv(df, out)
+        return write_trackpy_csv(df, out, pixel_size_um, frame_interval_s)
     raise ValueError(f"format must be one of {TRACK_FORMATS}, got {fmt!r}")
 
 
