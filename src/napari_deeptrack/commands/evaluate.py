@@ -35,6 +35,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--per-frame", action="store_true", help="also list the metrics of every frame")
     p.add_argument("--out", default=None, metavar="JSON", help="also write the metrics to this file")
+    p.add_argument(
+        "--tracks",
+        action="store_true",
+        help="both tables have track_id: also report the ISBI 2012 particle-tracking measures (alpha, beta, "
+        "Jaccard of tracks and points, RMSE) and the CTC / MOT measures (DET, TRA, MOTA, IDF1, HOTA...)",
+    )
+    p.add_argument(
+        "--gate-px", type=float, default=5.0, help="ISBI gate in pixels (default 5, the challenge's)"
+    )
     return p
 
 
@@ -56,7 +65,15 @@ def run(args) -> int:
         raise ValueError(f"--tolerance must be > 0 pixels, got {args.tolerance}")
     pred = read_results_csv(args.results)
     truth = read_truth_csv(args.truth)
-    metrics = _clean(detection_metrics(pred, truth, args.tolerance, per_frame=args.per_frame))
+    metrics = detection_metrics(pred, truth, args.tolerance, per_frame=args.per_frame)
+    if getattr(args, "tracks", False):
+        from ..analysis.tracking_metrics import ctc_tracking_metrics, isbi_tracking_scores
+
+        metrics["tracking"] = {
+            "isbi": isbi_tracking_scores(pred, truth, gate_px=args.gate_px),
+            "ctc": ctc_tracking_metrics(pred, truth),
+        }
+    metrics = _clean(metrics)
     text = json.dumps(metrics, indent=2)
     print(text)
     if args.out:

@@ -1,0 +1,100 @@
+"""Command line of the interop exports: export-tracks (TrackMate / CTC / trackpy), evaluate --tracks
+(ISBI 2012 and CTC measures), export-bioimageio; bad input ends with a one-line error (exit 2)."""
+
+import json
+import zipfile
+
+import pandas as pd
+import pytest
+import torch
+
+from napari_deeptrack.cli import main
+from napari_deeptrack.io.ctc import read_ctc
+from napari_deeptrack.io.trackmate import check_trackmate_structure, read_trackmate
+from napari_deeptrack.io.trackpy_layout import read_trackpy_csv
+
+
+def _tracks_csv(path, shift=0.0):
+    rows = [
+        {"frame": f, "y": 10.0 + 20 * t + shift, "x": 10.0 + f, "probability": 0.9, "track_id": t}
+        for t in range(2)
+        for f in range(5)
+    ]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("fmt, out", [("trackmate", "t.xml"), ("ctc", "ctc"), ("trackpy", "tp.csv")])
+def test_export_tracks(tmp_path, capsys, fmt, out):
+    csv = _tracks_csv(tmp_path / "res.csv")
+    args = ["export-tracks", str(csv), str(tmp_path / out), "--format", fmt, "--pixel-size-um", "0.2"]
+    assert main([*args, "--frame-interval-s", "0.1"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["tracks"] == 2 and summary["spots"] == 10
+    if fmt == "trackmate":
+        assert check_trackmate_structure(tmp_path / out) == []
+        df, meta = read_trackmate(tmp_path / out)
+        assert meta["pixel_size_um"] == pytest.approx(0.2) and meta["frame_interval_s"] == pytest.approx(0.1)
+    elif fmt == "ctc":
+        df, meta = read_ctc(tmp_path / out)
+        assert meta["pixel_size_um"] == pytest.approx(0.2)
+    else:
+        df, units = read_trackpy_csv(tmp_path / out)
+        assert units["pixel_size_um"] == 0.2
+    assert sorted(df.groupby("track_id").size()) == [5, 5]
+
+
+def test_export_tracks_needs_links(tmp_path, capsys):
+    pd.DataFrame({"frame": [0], "y": [1.0], "x": [2.0]}).to_csv(tmp_path / "r.csv", index=False)
+    rc = main(
+        [
+            "export-tracks",
+            str(tmp_path / "r.csv"),
+            str(tmp_path / "t.xml"),
+            "--format",
+            "trackmate",
+            "--pixel-size-um",
+            "0.1",
+        ]
+    )
+    assert rc == 2 and "track_id" in capsys.readouterr().err and not (tmp_path / "t.xml").exists()
+
+
+def test_evaluate_reports_tracking_measures(tmp_path, capsys):
+    truth = _tracks_csv(tmp_path / "truth.csv")
+    pred = _tracks_csv(tmp_path / "pred.csv", shift=1.0)
+    assert main(["evaluate", str(pred), str(truth), "--tracks"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    isbi = out["tracking"]["isbi"]
+    # 1 px everywhere, 5 px gate: alpha = 1 - 1/5
+    assert isbi["alpha"] == pytest.approx(0.8) and isbi["rmse_px"] == pytest.approx(1.0)
+    assert out["tracking"]["ctc"]["TRA"] is not None and 0 < out["tracking"]["ctc"]["TRA"] <= 1
+
+
+def test_export_bioimageio_command(tmp_path, capsys, one_torch_thread):
+    from napari_deeptrack.io.bundle import save_bundle
+    from napari_deeptrack.nn import build_model
+    from napari_deeptrack.tasks import get_preset
+
+    torch.manual_seed(0)
+    model = build_model({"type": "UNet", "in_channels": 1, "out_channels": 1, "depth": 1, "base_channels": 2})
+    save_bundle(tmp_path / "b", model.eval(), get_preset("particles-2d"))
+    assert (
+        main(
+            [
+                "export-bioimageio",
+                str(tmp_path / "b"),
+                str(tmp_path / "m.zip"),
+                "--no-onnx",
+                "--author",
+                "A. Person",
+            ]
+        )
+        == 0
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert "rdf.yaml" in summary["files"] and "weights.onnx" not in summary["files"]
+    with zipfile.ZipFile(tmp_path / "m.zip") as zf:
+        assert b"A. Person" in zf.read("rdf.yaml")
+    assert main(["export-bioimageio", str(tmp_path / "b"), str(tmp_path / "m.txt")]) == 2
+    assert ".zip" in capsys.readouterr().err
