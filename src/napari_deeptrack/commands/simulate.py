@@ -17,7 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["add_parser", "load_simulation", "run", "simulate_stack"]
+from ..errors import OutputPathError
+
+__all__ = ["add_parser", "check_simulation", "load_simulation", "run", "simulate_stack"]
+
+#: Largest configuration file read (bytes); real ones are a few kB.
+MAX_CONFIG_BYTES = 64 * 1024**2
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -44,6 +49,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def load_simulation(source: str):
     """A preset name or a JSON file -> (pipeline or movie, pixel size in um or None, description)."""
+    from ..errors import ConfigError
     from ..sim import Pipeline, from_json
     from ..sim.movie import Movie
 
@@ -51,7 +57,14 @@ def load_simulation(source: str):
     if path.suffix.lower() == ".json" or path.exists():
         if not path.exists():
             raise FileNotFoundError(f"no such configuration file: {path}")
-        obj = from_json(path.read_text())
+        if path.is_dir():
+            raise ConfigError(f"{path} is a folder; expected a JSON configuration file")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES // 1024**2} MB: not a configuration")
+        try:
+            obj = from_json(path.read_bytes())
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         name = path.name
     else:
         from ..tasks import get_preset
@@ -82,10 +95,7 @@ def simulate_stack(sim, frames: int, seed: int, batch_size: int = 16, device: st
     from ..io.tables import scene_to_table
     from ..sim.movie import Movie
 
-    if frames < 1:
-        raise ValueError(f"--frames must be >= 1, got {frames}")
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    check_simulation(sim, frames, batch_size)
     gen = torch.Generator(device=device).manual_seed(int(seed))
     if isinstance(sim, Movie):
         batch = dataclasses.replace(sim, n_frames=int(frames))(1, generator=gen)
@@ -105,17 +115,50 @@ def simulate_stack(sim, frames: int, seed: int, batch_size: int = 16, device: st
     return np.concatenate(images), pd.concat(tables, ignore_index=True)
 
 
+def check_simulation(sim, frames: int, batch_size: int) -> None:
+    """Validate ``--frames`` / ``--batch-size`` and the memory of the whole run before simulating.
+
+    The stack is held in memory (then written), so its size counts, plus one batch's rendering.
+    """
+    from ..errors import InputError
+    from ..sim import budget
+    from ..sim.movie import Movie
+
+    if frames < 1:
+        raise InputError(f"--frames must be >= 1, got {frames}", parameter="--frames")
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {batch_size}", parameter="--batch-size")
+    pipeline = sim.pipeline if isinstance(sim, Movie) else sim
+    h, w = pipeline.image_shape
+    ch = int(getattr(pipeline.optics, "n_channels", 1) or 1)
+    n_batch = frames if isinstance(sim, Movie) else min(batch_size, frames)
+    render = budget.estimate_render(pipeline, n_batch)
+    stack = frames * ch * h * w * 4 * 2  # float32 frames, then one concatenated copy
+    truth = frames * sum(max(c, 1) for c in budget._counts(pipeline)) * 12 * 8  # table rows
+    hints = [f"`--frames` ({frames})", *render.parameters]
+    if not isinstance(sim, Movie):
+        hints = [h_ for h_ in hints if "batch_size" not in h_] + [f"`--batch-size` ({batch_size})"]
+    budget.check(budget.Estimate(render.bytes + stack + truth, "simulation", hints, render.detail))
+
+
 def run(args) -> int:
+    from ..io.atomic import check_output_file
     from ..io.tables import write_results_csv
     from ..io.tiff import write_tiff
+    from ..train.seeding import resolve_device
 
+    # validate everything before the work: outputs, device, sizes and memory
+    out = check_output_file(args.out, "--out", (".tif", ".tiff"))
+    truth_path = Path(args.truth) if args.truth else out.with_name(out.stem + "_truth.csv")
+    check_output_file(truth_path, "--truth", (".csv",))
+    if truth_path.resolve() == out.resolve():
+        raise OutputPathError("--truth and --out name the same file", parameter="--truth")
+    device = str(resolve_device(args.device))
     sim, px, name = load_simulation(args.source)
-    images, truth = simulate_stack(sim, int(args.frames), int(args.seed), int(args.batch_size), args.device)
-    out = Path(args.out)
+    images, truth = simulate_stack(sim, int(args.frames), int(args.seed), int(args.batch_size), device)
     data = images[:, 0] if images.shape[1] == 1 else images
     extra = {} if images.shape[1] == 1 else {"axes": "TCYX"}
     write_tiff(out, data.astype(np.float32), pixel_size_um=px, **extra)
-    truth_path = Path(args.truth) if args.truth else out.with_name(out.stem + "_truth.csv")
     write_results_csv(truth, truth_path)
     summary = {
         "source": name,

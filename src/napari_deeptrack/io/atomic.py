@@ -111,4 +111,13 @@ def check_output_file(
         raise OutputPathError(f"{option} {path}: {probe} is a file, not a folder", parameter=option)
     if not os.access(probe, os.W_OK | os.X_OK):
         raise OutputPathError(f"{option} {path}: no permission to write in {probe}", parameter=option)
+    if probe == folder:  # try it: some file systems (/proc, read-only mounts) refuse despite the bits
+        try:
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+            os.close(fd)
+            os.unlink(name)
+        except OSError as exc:
+            raise OutputPathError(
+                f"{option} {path}: cannot write in {folder} ({exc.strerror or exc})", parameter=option
+            ) from None
     return path

@@ -52,7 +52,7 @@ DEFAULT_CAP_GB = 4.0
 DEFAULT_FRACTION = 0.5
 ENV_CAP = "NAPARI_DEEPTRACK_MEMORY_GB"
 #: Model hyper-parameters that make a loop (levels, layers, blocks): larger values are refused outright.
-MAX_DEPTH = 64
+MAX_DEPTH = 16
 #: Longest list in a model config (e.g. ``channels``).
 MAX_LIST = 1024
 
@@ -322,7 +322,7 @@ def _check_config_sizes(config: dict[str, Any]) -> None:
         if loopy and isinstance(value, int | float) and value > MAX_DEPTH:
             raise ConfigError(
                 f"{name}: `{key}` = {value:g} is far beyond any useful network (at most {MAX_DEPTH}); "
-                "use a value like 2-6",
+                "typical values are 2-6",
                 parameter=key,
             )
         if isinstance(value, list | tuple) and len(value) > MAX_LIST:

@@ -52,6 +52,42 @@ def default_metrics(task) -> Any:
     return None
 
 
+def _check_before_training(task, s: dict[str, Any], out, device, builds_model: bool) -> None:
+    """Everything that can be checked before simulating or building anything (see issue 14)."""
+    import math
+
+    from ..errors import InputError
+    from ..io.bundle import check_bundle_destination
+    from ..sim import budget
+    from .seeding import resolve_device
+
+    if out is not None:
+        check_bundle_destination(out)
+    for key in ("epochs", "steps_per_epoch", "batch_size", "validation_size"):
+        v = s.get(key)
+        if v is None:
+            continue
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, int | float)
+            or not math.isfinite(v)
+            or v < 1
+            or v != int(v)
+        ):
+            raise InputError(f"training.{key} must be a whole number >= 1, got {v!r}", parameter=key)
+    lr = s.get("lr")
+    if lr is not None and not (isinstance(lr, int | float) and math.isfinite(lr) and 0 < lr <= 10):
+        raise InputError(
+            f"training.lr (--lr) must be in (0, 10], got {lr!r}; typical: 1e-4 to 1e-2", parameter="lr"
+        )
+    resolve_device(device)
+    if builds_model and isinstance(getattr(task, "model", None), dict):
+        budget.estimate_model(task.model).check()
+        h, w = task.pipeline.image_shape
+        ch = int(getattr(task.pipeline.optics, "n_channels", 1) or 1)
+        budget.estimate_training(task.model, (int(s["batch_size"]), ch, h, w)).check()
+
+
 def train_task(
     task,
     out: str | Path | None = None,
@@ -113,6 +149,7 @@ def train_task(
         deterministic=deterministic,
     )
     seed = int(s["seed"])
+    _check_before_training(task, s, out, device, model is None and init is None)
     if model is None and init is not None:
         model = load_bundle(init).model
         model.train()
