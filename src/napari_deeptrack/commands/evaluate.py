@@ -59,10 +59,14 @@ def _clean(obj):
 
 def run(args) -> int:
     from ..analysis.metrics import detection_metrics
+    from ..errors import InputError
+    from ..io.atomic import atomic_write_text, check_output_file
     from ..io.tables import read_results_csv, read_truth_csv
 
-    if not args.tolerance > 0:
-        raise ValueError(f"--tolerance must be > 0 pixels, got {args.tolerance}")
+    if not (math.isfinite(args.tolerance) and args.tolerance > 0):
+        raise InputError(f"--tolerance must be a finite number > 0 pixels, got {args.tolerance}")
+    if args.out:
+        check_output_file(args.out, "--out")
     pred = read_results_csv(args.results)
     truth = read_truth_csv(args.truth)
     metrics = detection_metrics(pred, truth, args.tolerance, per_frame=args.per_frame)
@@ -77,6 +81,5 @@ def run(args) -> int:
     text = json.dumps(metrics, indent=2)
     print(text)
     if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+        atomic_write_text(args.out, text + "\n")
     return 0
