@@ -7,7 +7,7 @@ brightest pixel of a particle above background; the photon count per particle is
 
 - ``unet``: the preset's U-Net, trained with its default settings within ``--max-minutes`` on the
   CPU (or loaded from ``benchmarks/.cache/``); detections are the probability-weighted centroids of
-  the thresholded map at the task's threshold (0.5), from :func:`napari_deeptrack.analysis.apply.predict`.
+  the thresholded map at the task's threshold (0.5), from :func:`napari_deeptrack.analysis.predict.predict`.
   ``unet_tuned``: the threshold tuned on the tuning frames; ``unet_signal``: threshold and
   ``min_signal`` (the detection's summed normalised input within 3 px, trackpy's minmass for the
   U-Net) tuned together on the tuning frames.
@@ -42,14 +42,15 @@ import pandas as pd
 import torch
 from _common import cached_or_trained_bundle
 
-from napari_deeptrack.analysis.apply import normalize_input, predict
 from napari_deeptrack.analysis.baselines import locate_trackpy
 from napari_deeptrack.analysis.detect import detect_from_map
 from napari_deeptrack.analysis.metrics import detection_metrics
+from napari_deeptrack.analysis.predict import predict
 from napari_deeptrack.io.tables import scene_to_table
 from napari_deeptrack.sim import Background, Constant, Particles, Poisson
 from napari_deeptrack.sim.scene import Scene
 from napari_deeptrack.tasks import get_preset
+from napari_deeptrack.train import normalize
 
 SNRS = [1.5, 2.0, 3.0, 5.0, 10.0]
 BACKGROUND = 10.0
@@ -226,7 +227,7 @@ def main() -> None:
         rec.update({f"unet_tuned_{k2}": v for k2, v in _summary(tuned, truth).items()})
         rec["unet_tuned_threshold"] = thr
         # threshold + min_signal (integrated normalised intensity), both tuned on the tuning frames
-        norm = lambda a: normalize_input(torch.from_numpy(a[:, None]).float(), task.input_normalization)[:, 0]  # noqa: E731
+        norm = lambda a: normalize(torch.from_numpy(a[:, None]).float(), task.input_normalization)[:, 0]  # noqa: E731
         tmaps = predict(bundle, timg, batch_size=4).maps[:, 0]
         thr2, min_signal = tune_threshold_signal(tmaps, norm(timg).numpy(), ttruth)
         t0 = time.perf_counter()

@@ -47,10 +47,10 @@ import numpy as np
 import torch
 from _common import cached_or_trained_bundle
 
-from napari_deeptrack.analysis.apply import predict
 from napari_deeptrack.analysis.baselines import extract_patches, gaussian_mle, locate_trackpy, radial_center
 from napari_deeptrack.analysis.crlb import crlb_for_optics
 from napari_deeptrack.analysis.metrics import uncertainty_calibration
+from napari_deeptrack.analysis.predict import predict
 from napari_deeptrack.sim import (
     Background,
     Constant,

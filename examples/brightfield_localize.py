@@ -15,7 +15,7 @@ photons per pixel with shot noise, against
   pixels, illumination level, a constant offset and z unknown), averaged in variance over the test's
   defocus values and sub-pixel positions: the RMSE an efficient unbiased estimator would reach.
 
-The network is applied exactly as a user would (``analysis.apply.predict`` on a saved bundle, with
+The network is applied exactly as a user would (``analysis.predict.predict`` on a saved bundle, with
 the task's robust input normalisation). RMSE values are per axis, in pixels
 (``sqrt(mean((dy^2 + dx^2) / 2))``) and in nm. SNR: the particle's largest contrast over the shot noise,
 ``max|I - N| / sqrt(N)`` on the noiseless images, averaged over the test crops.
@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 from _common import Reporter, base_parser
 
-from napari_deeptrack.analysis.apply import predict
 from napari_deeptrack.analysis.baselines import extract_patches, radial_center
 from napari_deeptrack.analysis.crlb import crlb_for_optics
 from napari_deeptrack.analysis.metrics import uncertainty_calibration
+from napari_deeptrack.analysis.predict import predict
 from napari_deeptrack.io.bundle import load_bundle
 from napari_deeptrack.sim import Choice, MieSphere
 from napari_deeptrack.tasks import get_preset

@@ -20,24 +20,18 @@ from _bbbc039 import crop_counts, load_bbbc039, tile_slices
 from _common import Reporter, base_parser
 
 from napari_deeptrack.analysis.metrics import counting_metrics
+from napari_deeptrack.analysis.predict import predict
 from napari_deeptrack.tasks import get_preset
-from napari_deeptrack.train import normalize
 
 CASE = "cells_count"
 TILE = 128
 
 
-def predict_counts(
-    model: torch.nn.Module, images: np.ndarray, norm: dict, density_scale: float = 1.0, chunk: int = 16
-) -> np.ndarray:
-    """Integral of the predicted density map of each image ``[N, H, W]`` (each normalised on its own),
-    divided by the target's ``density_scale``."""
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(images), chunk):
-            x = normalize(torch.as_tensor(images[i : i + chunk], dtype=torch.float32)[:, None], norm)
-            out.append(model(x).sum(dim=(1, 2, 3)).numpy())
-    return np.concatenate(out).astype(np.float64) / float(density_scale)
+def predict_counts(model: torch.nn.Module, task, images: np.ndarray, chunk: int = 16) -> np.ndarray:
+    """Objects per image ``[N, H, W]``: the density integral from the one prediction path
+    (:func:`napari_deeptrack.analysis.predict.predict`; each image normalised on its own, counts
+    divided by the task's ``density_scale``; no tiling, so every image is seen whole)."""
+    return predict(model, images, task=task, batch_size=chunk, tile_size=4096).counts
 
 
 def affine_baseline(pixel_sums: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, list[float]]:
@@ -63,12 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     model = res.model.eval()
 
     names, images, labels, counts = load_bbbc039(args.data)
-    norm = task.input_normalization
-    scale = float(task.postprocess.get("density_scale", 1.0))
     tiles = tile_slices(images.shape[1:], TILE)
     crops = np.stack([im[t] for im in images for t in tiles])
     true_crop = np.concatenate([crop_counts(lab, tiles) for lab in labels])
-    pred_crop = predict_counts(model, crops, norm, scale)
+    pred_crop = predict_counts(model, task, crops)
     base_crop, coef_crop = affine_baseline(crops.sum(axis=(1, 2)).astype(np.float64), true_crop)
     rep.emit(
         "tiles_128",
@@ -79,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         affine_coefficients=coef_crop,
     )
 
-    pred_whole = predict_counts(model, images, norm, scale, chunk=2)
+    pred_whole = predict_counts(model, task, images, chunk=2)
     base_whole, coef_whole = affine_baseline(
         images.sum(axis=(1, 2)).astype(np.float64), counts.astype(np.float64)
     )

@@ -27,9 +27,9 @@ import torch
 from _common import Reporter, base_parser
 
 from napari_deeptrack.analysis.metrics import match_points
+from napari_deeptrack.analysis.predict import predict
 from napari_deeptrack.analysis.volume3d import positions_from_volume
 from napari_deeptrack.tasks import get_preset
-from napari_deeptrack.train import normalize
 
 CASE = "holography_3d"
 TOLERANCE_PX = 3.0
@@ -126,13 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     out = f"{args.out}/holography-3d" if args.out else None
     res = rep.train(task, out, args, epochs, steps, batch)
     model = res.model.eval().cpu()
-    with torch.no_grad():
-        prob = torch.cat(
-            [
-                torch.sigmoid(model(normalize(test.image[i : i + 16], task.input_normalization)))
-                for i in range(0, ntest, 16)
-            ]
-        )
+    prob = torch.from_numpy(predict(model, test.image, task=task, batch_size=16).maps)
     results = {}
     for method in ("fit", "centroid"):
         results[method] = evaluate(prob, truth, target, px_um, method)

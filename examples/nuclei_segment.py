@@ -27,10 +27,10 @@ from _common import Reporter, base_parser
 from scipy import ndimage
 
 from napari_deeptrack.analysis.metrics import segmentation_metrics
+from napari_deeptrack.analysis.predict import predict
 from napari_deeptrack.analysis.segment import instance_labels
 from napari_deeptrack.tasks import get_preset
 from napari_deeptrack.tasks.presets_cells import boundary_classes
-from napari_deeptrack.train import normalize
 
 CASE = "nuclei_segment"
 IOU_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -38,28 +38,18 @@ MIN_DISTANCE_PX = 7.0  # about half the real nuclei's radius (14 px)
 MIN_AREA_PX = 30  # nuclei are > 150 px; smaller objects are debris or fragments
 
 
-def class_probabilities(model: torch.nn.Module, images: np.ndarray, norm: dict, chunk: int = 2) -> np.ndarray:
-    """Softmax class maps ``[N, 3, H, W]`` of raw images ``[N, H, W]`` (each normalised on its own).
-
-    H and W are padded (reflect) to a multiple of 8 for the depth-3 U-Net and cropped back.
-    """
-    n, h, w = images.shape
-    ph, pw = (-h) % 8, (-w) % 8
-    out = []
-    with torch.no_grad():
-        for i in range(0, n, chunk):
-            x = normalize(torch.as_tensor(images[i : i + chunk], dtype=torch.float32)[:, None], norm)
-            if ph or pw:
-                x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="reflect")
-            out.append(torch.softmax(model(x), dim=1)[..., :h, :w].numpy())
-    return np.concatenate(out)
+def class_probabilities(model: torch.nn.Module, task, images: np.ndarray, chunk: int = 2) -> np.ndarray:
+    """Softmax class maps ``[N, 3, H, W]`` of raw images ``[N, H, W]`` from the one prediction path
+    (:func:`napari_deeptrack.analysis.predict.predict`: each image normalised on its own, padded by
+    reflection to a multiple of the U-Net's down-sampling and cropped back; no tiling)."""
+    return predict(model, images, task=task, batch_size=chunk, tile_size=4096).maps
 
 
 def network_instances(prob: np.ndarray, seeds: str = "distance", boundary_px: float = 2.0) -> np.ndarray:
     """Instance labels ``[N, H, W]`` from class maps ``[N, 3, H, W]``.
 
     ``seeds="distance"``: seeded watershed of the foreground ``1 - p(background)`` with seeds at the
-    maxima of the distance to the background (what ``analysis.apply.predict`` does for segmentation
+    maxima of the distance to the background (what ``analysis.predict.predict`` does for segmentation
     tasks). ``seeds="interior"``: every connected region where the interior class wins is one
     nucleus (labelled with the same watershed, one seed per region), then grown back over the
     boundary class (``boundary_px`` + 1 px, inside the foreground), the preset's intended read-out.
@@ -155,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         network_distance_seeds=pooled_scores(network_instances(perfect, "distance"), labels),
         network_interior_seeds=pooled_scores(network_instances(perfect, "interior"), labels),
     )
-    prob = class_probabilities(model, images, task.input_normalization)
+    prob = class_probabilities(model, task, images)
     results = {
         "network_distance_seeds": network_instances(prob, "distance"),
         "network_interior_seeds": network_instances(prob, "interior"),

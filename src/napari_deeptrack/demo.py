@@ -203,11 +203,11 @@ def simulate_movie(settings: DemoSettings, seed: int = 0, device: str = "cpu"):
 def detect_movie(
     bundle, images: np.ndarray, device: str = "cpu", threshold: float | None = None
 ) -> pd.DataFrame:
-    """Detections ``frame, y, x, probability, area`` in every frame (:func:`analysis.apply.predict`).
+    """Detections ``frame, y, x, probability, area`` in every frame (:func:`analysis.predict.predict`).
 
     ``threshold`` None uses the bundle's own decision threshold.
     """
-    from .analysis.apply import predict
+    from .analysis.predict import predict
 
     return predict(bundle, images, threshold=threshold, device=device).detections.reset_index(drop=True)
 

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from napari_deeptrack.analysis.apply import predict, run_model
 from napari_deeptrack.analysis.metrics import detection_metrics
+from napari_deeptrack.analysis.predict import predict, run_model
 from napari_deeptrack.cli import main
 from napari_deeptrack.io.images import read_images
 from napari_deeptrack.io.tables import read_results_csv, scene_to_table, write_results_csv

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_deeptrack.analysis.apply import dihedral_average
+from napari_deeptrack.analysis.predict import dihedral_average
 from napari_deeptrack.analysis.properties import regression_to_table
 from napari_deeptrack.train.losses import build_loss
 
@@ -90,7 +90,7 @@ def test_dihedral_average_cancels_a_non_equivariant_bias_and_keeps_axes():
 
 
 def test_dihedral_averaging_is_refused_or_switched_off_for_asymmetric_optics():
-    from napari_deeptrack.analysis.apply import dihedral_asymmetry, predict
+    from napari_deeptrack.analysis.predict import dihedral_asymmetry, predict
     from napari_deeptrack.io.bundle import Bundle
     from napari_deeptrack.nn import build_model
     from napari_deeptrack.sim import Astigmatism, Fluorescence, Uniform, Zernike

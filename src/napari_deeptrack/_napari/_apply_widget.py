@@ -1,12 +1,16 @@
 """Apply dock widget: run a bundle (or the model just trained) on an image layer.
 
-All frames are read on the main thread, then predicted in chunks inside a worker that yields after
-every chunk (progress; Cancel stops at the next chunk and writes nothing). Results go to named layers
+All frames are read on the main thread, then predicted in chunks inside a worker (the core's chunk
+iterator) that yields after every chunk (progress; Cancel stops at the next chunk and writes
+nothing). Results go to named layers
 that keep the source layer's scale, translate and units, updated (not duplicated) on every run:
 
 - ``DeepTrack detections`` Points: every detection with its features (probability, frame, z, radius,
-  refractive index, track id...), coloured by probability; the threshold slider only changes which
-  are shown (no network run), and per-frame counts follow it (exportable as CSV);
+  refractive index, track id...), coloured by probability. Run detects and links at the threshold
+  slider's value, exactly as ``napari-deeptrack apply --threshold`` (one core call,
+  :func:`napari_deeptrack.analysis.predict.predict_chunks`); moving the slider up afterwards hides
+  the points below it and their links (no network run), and per-frame counts follow it (exportable
+  as CSV); moving it below the value of the run needs another Run;
 - ``DeepTrack 3D`` Points (z, y, x in um) when the model estimates z;
 - ``DeepTrack labels`` Labels and ``DeepTrack outlines`` Shapes for segmentation;
 - ``DeepTrack tracks`` Tracks when linking is on and the layer is a stack;
@@ -52,8 +56,8 @@ __all__ = ["ApplyWidget"]
 
 SOURCES = ("model trained / fine-tuned in this viewer", "bundle file")
 POINTS_ROLE = "detections"
-#: Detections are computed down to this probability so the slider can filter live above it.
-BASE_THRESHOLD = 0.25
+
+
 class ApplyWidget(Container):
     """Run a model on the selected layer; threshold live; per-frame counts."""
 
@@ -98,6 +102,7 @@ class ApplyWidget(Container):
         self.worker = None
         self.last_warnings: list[str] = []
         self._points_layer = None
+        self._tracks_layer = None
         self.session = session_for(napari_viewer)
         self.session.model_changed.connect(self._session_model_changed)
         if self.session.model is not None:
@@ -219,13 +224,12 @@ class ApplyWidget(Container):
             "link": bool(self.link.value) and frames.shape[0] > 1,
             "search_range": float(self.search_range.value),
         }
-        base = min(float(self.threshold.value), BASE_THRESHOLD)
         worker = create_worker(
             predict_chunks,
             bundle,
             frames,
             int(self.batch_size.value),
-            base,
+            float(self.threshold.value),
             meta["link"],
             meta["search_range"],
             _start_thread=False,
@@ -302,7 +306,7 @@ class ApplyWidget(Container):
                 )
             if "track_id" in det.columns and len(det) and lead:
                 tracks = det[["track_id", "frame", "y", "x"]].to_numpy(dtype=float)
-                write_layer(
+                self._tracks_layer = write_layer(
                     self.viewer,
                     "DeepTrack tracks",
                     "tracks",
@@ -374,9 +378,20 @@ class ApplyWidget(Container):
         layer = self._points_layer
         if layer is not None and layer in self.viewer.layers and len(layer.data) == len(self.cache):
             layer.shown = self.cache.mask(self.threshold.value)
+        self._filter_tracks()
         counts = self.cache.counts(self.threshold.value)
         head = ", ".join(str(int(c)) for c in counts[:20]) + (" ..." if len(counts) > 20 else "")
         self.counts_label.value = f"{int(counts.sum())} detections; per frame: {head}"
+
+    def _filter_tracks(self) -> None:
+        """Links follow the points: the tracks layer keeps only the shown detections' positions."""
+        tracks = self._tracks_layer
+        if tracks is None or tracks not in self.viewer.layers or "track_id" not in self.cache.table:
+            return
+        shown = self.cache.shown_table(self.threshold.value)
+        if len(shown):
+            tracks.data = shown[["track_id", "frame", "y", "x"]].to_numpy(dtype=float)
+        tracks.visible = bool(len(shown))
 
     def counts_table(self) -> pd.DataFrame:
         if self.cache is None:
@@ -399,108 +414,67 @@ class ApplyWidget(Container):
 
 
 # ---------------------------------------------------------------------------- worker side
-def _check_bundle_fits(bundle, frames: np.ndarray) -> None:
-    """Refuse inputs the model cannot take (channels, crop-size models on large images)."""
+def _check_bundle_fits(bundle, frames) -> None:
+    """Refuse inputs the model cannot take (the core's ``analysis.predict.check_images_fit``)."""
+    from ..analysis.predict import check_images_fit
+
     cfg = (bundle.config or {}).get("model") or getattr(bundle.task, "model", {}) or {}
-    in_ch = int(cfg.get("in_channels", 1) or 1)
-    if in_ch != 1:
-        raise InputError(f"The model expects {in_ch} input channels; Apply feeds grey-scale frames.")
-    kind = bundle.task.kind
-    if kind in ("localization", "characterization", "classification"):
-        trained = tuple(bundle.task.pipeline.image_shape)
-        if tuple(frames.shape[-2:]) != trained:
-            raise InputError(
-                f"This '{kind}' model works on {trained[0]}x{trained[1]} crops, but the layer is "
-                f"{frames.shape[-2]}x{frames.shape[-1]}: crop the particles first or use a detection model."
-            )
+    try:
+        check_images_fit(bundle.task, cfg, frames.shape[-2:], channels=1)
+    except ValueError as exc:
+        raise InputError(f"Apply cannot run this model on the layer: {exc}") from None
 
 
 def predict_chunks(
     bundle,
-    frames: np.ndarray,
+    frames,
     chunk: int,
     threshold: float | None = None,
     link: bool = False,
-    search_range_px: float = 5.0,
+    search_range_px: float | None = None,
 ):
-    """Worker generator: predict ``frames`` in chunks, yield frames done, return merged results.
+    """Worker generator over the core's :func:`~napari_deeptrack.analysis.predict.predict_chunks`:
+    yields frames done after every chunk, returns the merged, thresholded, linked results as layer data.
 
-    Detections are kept down to ``threshold`` (the live slider filters above it). Linking into tracks
-    happens here too, off the main thread.
+    The same call as ``napari-deeptrack apply`` (same threshold, linking after thresholding, the
+    task's linking memory), so the widget and the command line give the same detections and tracks.
     """
-    parts = []
-    for start in range(0, len(frames), chunk):
-        res = _predict(bundle, frames[start : start + chunk], threshold)
-        parts.append((start, res))
-        yield min(start + chunk, len(frames))
-    out = _merge(parts, len(frames))
-    det = out.get("detections")
-    if link and det is not None and len(det) and len(frames) > 1:
-        from ..analysis.tracking import link_tracks
+    from ..analysis.predict import predict_chunks as core_predict_chunks
 
-        out["detections"] = link_tracks(det, float(search_range_px)).reset_index(drop=True)
-    return out
+    gen = core_predict_chunks(
+        bundle,
+        frames,
+        chunk_frames=int(chunk),
+        batch_size=int(chunk),
+        threshold=threshold,
+        link=link,
+        search_range_px=search_range_px,
+    )
+    while True:
+        try:
+            part = next(gen)
+        except StopIteration as done:
+            return _layer_data(done.value)
+        yield part.stop
 
 
-def _predict(bundle, frames: np.ndarray, threshold: float | None) -> dict:
-    """Core prediction of one chunk (:func:`napari_deeptrack.analysis.apply.predict`) as a dict."""
-    from ..analysis.apply import predict
+def _layer_data(res) -> dict:
+    """A :class:`~napari_deeptrack.analysis.predict.PredictionResult` as the data of the output layers."""
+    from ..analysis.predict import kind_rule
 
-    res = predict(bundle, frames, threshold=threshold, batch_size=max(1, len(frames)))
-    kind = res.kind
-    out: dict = {
-        "detections": res.detections if kind != "image-to-image" else None,
-        "counts": res.counts,
-        "labels": res.labels,
-    }
-    if res.maps is not None and res.maps.ndim == 4 and kind in ("image-to-image", "counting"):
+    rule = kind_rule(res.kind)
+    det = res.detections.reset_index(drop=True) if rule.has_detections else None
+    out: dict = {"detections": det, "counts": res.counts, "labels": res.labels, "info": res.info}
+    if res.maps is not None and res.maps.ndim == 4 and rule.maps_are_images:
         out["image"] = res.maps[:, 0]
     if res.labels is not None:
         from ..analysis.segment import labels_to_shapes
 
-        shapes, _ = labels_to_shapes(res.labels, kind="polygon")
-        out["shapes"] = shapes
-    return out
-
-
-def _merge(parts: list[tuple[int, dict]], n_frames: int) -> dict:
-    out: dict = {}
-    tables = []
-    for start, res in parts:
-        det = res.get("detections")
-        if det is not None:
-            det = det.copy()
-            det["frame"] = (det["frame"].to_numpy() if "frame" in det else 0) + start
-            tables.append(det)
-    if tables:
-        out["detections"] = pd.concat(tables, ignore_index=True)
-    for key in ("labels", "image"):
-        arrays = [np.asarray(r[key]) for _, r in parts if r.get(key) is not None]
-        if arrays:
-            if key == "labels":  # keep ids unique across chunks
-                offset = 0
-                fixed = []
-                for a in arrays:
-                    a = a.astype(np.int64)
-                    fixed.append(np.where(a > 0, a + offset, 0))
-                    offset = int(fixed[-1].max(initial=offset))
-                arrays = fixed
-            arrays = [a[None] if a.ndim == 2 else a for a in arrays]
-            out[key] = np.concatenate(arrays)
-    counts = [np.atleast_1d(np.asarray(r["counts"])) for _, r in parts if r.get("counts") is not None]
-    if counts:
-        out["counts"] = np.concatenate(counts)
-    shapes = []
-    for start, r in parts:
-        for p in r.get("shapes") or []:
-            p = np.asarray(p, dtype=float)
-            if p.shape[1] == 3:
-                p = p.copy()
-                p[:, 0] += start
-            shapes.append(p)
-    out["shapes"] = shapes
-    n = len(out.get("detections", []))
+        out["shapes"], _ = labels_to_shapes(res.labels, kind="polygon")
+    n_frames = int(res.info.get("n_frames", 0))
     out["summary"] = (
-        f"{n} detections in {n_frames} frame(s)" if "detections" in out else f"{n_frames} frame(s)"
+        f"{len(det)} detections in {n_frames} frame(s) at threshold {res.info.get('threshold', 0):.2f}"
+        if det is not None
+        else f"{n_frames} frame(s)"
     )
     return out

@@ -1,16 +1,19 @@
-"""Apply a trained bundle to images: normalise, run the network (batched, padded, tiled), post-process.
+"""The one prediction path: a trained model (or bundle) applied to images, chunk by chunk, then linked.
 
-:func:`predict` is the one entry point used by the command line (``napari-deeptrack apply``) and the
-napari widgets. The input is normalised exactly as the training images were
-(``sim.normalize_images(image, **task.input_normalization)``), the network runs on batches of frames,
-fully convolutional networks see images padded to a multiple of their down-sampling factor (and
-split into overlapping tiles when large), and the output is turned into measurements according to
-``task.kind``:
+:func:`predict` (everything at once) and :func:`predict_chunks` (a generator over chunks of frames,
+for progress bars, cancelling and streaming) are what the command line (``napari-deeptrack apply``),
+the napari Apply widget, the examples and the benchmarks call. For every chunk of frames the input is
+normalised exactly as the training images were (:func:`napari_deeptrack.train.data.normalize`), the
+network runs on batches of frames (fully convolutional networks see images padded to a multiple of
+their down-sampling factor, and split into overlapping tiles when large), the task's activation is
+applied and the output is thresholded and turned into measurements by the rule of ``task.kind``
+(:data:`KIND_RULES`):
 
 =================  ===========================================================================
 detection          probability map -> ``frame, y, x, probability, area`` (detect.py); optional
                    brightness filters ``postprocess["min_mass"]`` / ``["min_signal"]`` (see predict)
-counting           density map -> counts per frame (integral) and peak positions (density.py)
+counting           density map -> counts per frame (integral, divided by the task's
+                   ``postprocess["density_scale"]``) and peak positions (density.py)
 segmentation       foreground map -> instance labels (seeded watershed) and their centroids
 tracking-3d        z-binned volume -> ``frame, y, x, z_um, ...`` (volume3d.py)
 localization       regression -> ``frame, y, x`` of the particle in each frame (crop)
@@ -19,12 +22,16 @@ classification     class probabilities -> ``frame, class_id, probability``
 image-to-image     output images only (``maps``)
 =================  ===========================================================================
 
-Positions are in pixels of the input images (centre of the top-left pixel at (0, 0)).
+The chunks' tables are merged (frame numbers and label ids made global) and only then linked into
+tracks: linking always sees the thresholded detections of the whole stack, with the same
+``search_range_px`` and ``memory`` whoever calls. Positions are in pixels of the input images (centre
+of the top-left pixel at (0, 0)).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from ..tasks.base import KINDS
+from ..train.data import normalize
 from .density import counts_from_density, peaks_from_density
 from .detect import detect_from_map, empty_detections
 from .properties import aggregate_tracks, regression_to_table
@@ -42,16 +51,22 @@ from .tracking import diffusion_coefficients, link_tracks
 from .volume3d import positions_from_volume
 
 __all__ = [
-    "FULLY_CONVOLUTIONAL_KINDS",
+    "KIND_RULES",
+    "ChunkResult",
+    "KindRule",
+    "kind_rule",
+    "linking_settings",
     "PredictionResult",
+    "check_images_fit",
     "dihedral_asymmetry",
     "dihedral_average",
-    "normalize_input",
     "predict",
+    "predict_chunks",
     "run_model",
 ]
 
-FULLY_CONVOLUTIONAL_KINDS = ("detection", "counting", "segmentation", "tracking-3d", "image-to-image")
+#: Frames per chunk when the caller does not say (at least ``batch_size``).
+DEFAULT_CHUNK_FRAMES = 64
 
 
 @dataclass
@@ -65,9 +80,10 @@ class PredictionResult:
     detections : DataFrame
         One row per detection (or per frame for single-particle tasks), results-CSV layout.
     maps : ndarray or None
-        Network outputs after the task's activation, ``[T, C, H, W]`` (or ``[T, K]`` for vectors).
+        Network outputs after the task's activation, ``[T, C, H, W]`` (or ``[T, K]`` for vectors);
+        None when not kept (``keep_maps=False``).
     labels : ndarray or None
-        Instance labels ``[T, H, W]`` (segmentation).
+        Instance labels ``[T, H, W]`` (segmentation), unique over the stack.
     counts : ndarray or None
         Objects per frame ``[T]`` (counting: the density integral; detection: number of detections).
     diffusion : dict or None
@@ -76,7 +92,7 @@ class PredictionResult:
         Characterisation linked into tracks: mean, std and standard error of every property per
         track (the paper averages the single-frame estimates of each particle).
     info : dict
-        Settings used (threshold, tiling, ...).
+        Settings used (threshold, tiling, linking, ...).
     """
 
     kind: str
@@ -89,17 +105,20 @@ class PredictionResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class ChunkResult:
+    """One chunk of frames ``start:stop`` as :func:`predict_chunks` yields it (frames and label ids
+    already global; not linked)."""
+
+    start: int
+    stop: int
+    detections: pd.DataFrame
+    maps: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    counts: np.ndarray | None = None
+
+
 # ---------------------------------------------------------------------------- network
-def normalize_input(images: torch.Tensor, spec: dict | None) -> torch.Tensor:
-    """Normalise ``[B, C, H, W]`` like the training images (``sim.normalize_images(..., **spec)``)."""
-    spec = dict(spec or {})
-    if not spec or spec.get("mode", "percentile") == "none":
-        return images
-    from ..sim import normalize_images
-
-    return normalize_images(images, **spec)
-
-
 def _down_factor(model_config: dict) -> int:
     depth = model_config.get("depth") if isinstance(model_config, dict) else None
     if isinstance(depth, int) and depth >= 0:
@@ -250,23 +269,78 @@ def _activation(out: torch.Tensor, name: str) -> torch.Tensor:
     raise ValueError(f"postprocess activation must be 'sigmoid', 'softmax' or 'none', got {name!r}")
 
 
-# ---------------------------------------------------------------------------- post-processing
-def _target(task):
-    return task.pipeline.targets[task.target]
+# ---------------------------------------------------------------------------- post-processing rules
+@dataclass
+class RawOutput:
+    """What a post-processing rule gets: one chunk's network output and what it needs besides."""
+
+    task: Any
+    maps: np.ndarray  # after activation, [T, C, H, W] or [T, K]
+    normalized: torch.Tensor  # the network input [T, C, H, W]
+    threshold: float
+    postprocess: dict
+    min_signal: float | None
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.maps.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return int(self.normalized.shape[-2]), int(self.normalized.shape[-1])
+
+    @property
+    def target(self):
+        return self.task.pipeline.targets[self.task.target]
 
 
-def _segmentation(maps: np.ndarray, threshold: float, pp: dict):
+#: (detections, labels or None, counts per frame or None)
+Measured = tuple[pd.DataFrame, np.ndarray | None, np.ndarray | None]
+
+
+def _per_frame(det: pd.DataFrame, n: int) -> np.ndarray:
+    return np.bincount(det["frame"].to_numpy(), minlength=n).astype(np.float64)
+
+
+def _detection(r: RawOutput) -> Measured:
+    # optional brightness filters (off unless the task's postprocess sets them): summed probability
+    # ("min_mass") and the integrated normalised input around the detection ("min_signal", in
+    # background-noise units with robust normalisation), like trackpy's minmass
+    pp = r.postprocess
+    min_signal = r.min_signal if r.min_signal is not None else pp.get("min_signal")
+    det = detect_from_map(
+        r.maps[:, 0],
+        r.threshold,
+        method=pp.get("method", "components"),
+        min_distance_px=float(pp.get("disk_radius_px", 3.0)),
+        min_mass=None if pp.get("min_mass") is None else float(pp["min_mass"]),
+        image=None if min_signal is None else r.normalized[:, 0].numpy(),
+        min_signal=None if min_signal is None else float(min_signal),
+        signal_radius_px=float(pp.get("signal_radius_px", pp.get("disk_radius_px", 3.0))),
+    )
+    return det, None, _per_frame(det, r.n_frames)
+
+
+def _counting(r: RawOutput) -> Measured:
+    # the network is trained on the density map times postprocess["density_scale"] (default 1)
+    density = r.maps[:, 0] / float(r.postprocess.get("density_scale", 1.0))
+    sigma = float(getattr(r.target, "sigma_px", r.postprocess.get("sigma_px", 2.0)))
+    return peaks_from_density(density, sigma), None, counts_from_density(density)
+
+
+def _segmentation(r: RawOutput) -> Measured:
+    maps, pp = r.maps, r.postprocess
     c = maps.shape[1]
     fg = maps[:, 0] if c == 1 else (maps[:, 1] if c == 2 else 1.0 - maps[:, 0])
     labels = instance_labels(
         fg,
-        threshold,
+        r.threshold,
         min_distance_px=float(pp.get("min_distance_px", 3.0)),
         min_area_px=int(pp.get("min_area_px", 0)),
     )
     ids = np.unique(labels[labels > 0])
     if len(ids) == 0:
-        return labels, empty_detections()
+        return empty_detections(), labels, np.zeros(r.n_frames)
     com = np.asarray(ndimage.center_of_mass(np.ones_like(fg), labels, ids)).reshape(-1, 3)
     area = ndimage.sum_labels(np.ones_like(fg), labels, ids)
     prob = ndimage.mean(fg, labels, ids)
@@ -280,29 +354,352 @@ def _segmentation(maps: np.ndarray, threshold: float, pp: dict):
             "label": ids.astype(np.int64),
         }
     )
-    return labels, df.sort_values(["frame", "y", "x"], kind="stable").reset_index(drop=True)
+    det = df.sort_values(["frame", "y", "x"], kind="stable").reset_index(drop=True)
+    return det, labels, _per_frame(det, r.n_frames)
 
 
-def _regression(task, vec: np.ndarray, image_shape) -> pd.DataFrame:
-    tgt = _target(task)
+def _tracking_3d(r: RawOutput) -> Measured:
+    tgt = r.target
+    det = positions_from_volume(
+        r.maps,
+        tgt.z_min_um,
+        tgt.z_max_um,
+        tgt.radius_px,
+        r.threshold,
+        method=r.postprocess.get("z_method", "fit"),
+    )
+    return det, None, _per_frame(det, r.n_frames)
+
+
+def _regression(r: RawOutput) -> Measured:
+    tgt, vec, shape = r.target, r.maps.reshape(r.n_frames, -1), r.image_shape
     fields = list(getattr(tgt, "fields", [f"value_{i}" for i in range(vec.shape[1])]))
     df = regression_to_table(
         vec,
         fields,
         getattr(tgt, "offset", None),
         getattr(tgt, "scale", None),
-        image_shape=image_shape,
+        image_shape=shape,
         relative_to_center=getattr(tgt, "relative_to_center", True),
     )
     if "y" not in df.columns:
-        df.insert(1, "y", (image_shape[0] - 1) / 2.0)
+        df.insert(1, "y", (shape[0] - 1) / 2.0)
     if "x" not in df.columns:
-        df.insert(2, "x", (image_shape[1] - 1) / 2.0)
-    return df
+        df.insert(2, "x", (shape[1] - 1) / 2.0)
+    return df, None, None
+
+
+def _classification(r: RawOutput) -> Measured:
+    p = r.maps.reshape(r.n_frames, -1)
+    h, w = r.image_shape
+    det = pd.DataFrame(
+        {
+            "frame": np.arange(r.n_frames),
+            "y": (h - 1) / 2.0,
+            "x": (w - 1) / 2.0,
+            "class_id": p.argmax(1).astype(np.int64),
+            "probability": p.max(1),
+        }
+    )
+    return det, None, None
+
+
+def _image_to_image(r: RawOutput) -> Measured:
+    return empty_detections(), None, None
+
+
+@dataclass(frozen=True)
+class KindRule:
+    """How the network output of one task kind becomes measurements.
+
+    Attributes
+    ----------
+    measure : callable
+        :class:`RawOutput` of one chunk -> (detections, labels or None, counts per frame or None).
+    fully_convolutional : bool
+        Images of any size (padded, tiled); otherwise the model takes crops of its training size.
+    maps_are_images : bool
+        The output maps are a result to show or save as an image (density maps, restored images).
+    has_detections : bool
+        The detections table means something (not for image-to-image).
+    """
+
+    measure: Callable[[RawOutput], Measured]
+    fully_convolutional: bool
+    maps_are_images: bool = False
+    has_detections: bool = True
+
+
+#: Task kind -> its post-processing rule (one entry per :data:`napari_deeptrack.tasks.base.KINDS`).
+KIND_RULES: dict[str, KindRule] = {
+    "detection": KindRule(_detection, fully_convolutional=True),
+    "counting": KindRule(_counting, fully_convolutional=True, maps_are_images=True),
+    "segmentation": KindRule(_segmentation, fully_convolutional=True),
+    "tracking-3d": KindRule(_tracking_3d, fully_convolutional=True),
+    "localization": KindRule(_regression, fully_convolutional=False),
+    "characterization": KindRule(_regression, fully_convolutional=False),
+    "classification": KindRule(_classification, fully_convolutional=False),
+    "image-to-image": KindRule(
+        _image_to_image, fully_convolutional=True, maps_are_images=True, has_detections=False
+    ),
+}
+assert set(KIND_RULES) == set(KINDS), "every task kind needs a post-processing rule"
+
+
+def kind_rule(kind: str) -> KindRule:
+    """The :class:`KindRule` of a task kind (a clear error for an unknown one)."""
+    if kind not in KIND_RULES:
+        raise ValueError(f"no prediction rule for task kind {kind!r}; known kinds: {list(KIND_RULES)}")
+    return KIND_RULES[kind]
+
+
+# ---------------------------------------------------------------------------- inputs
+def _model_and_task(model_or_bundle, task):
+    if hasattr(model_or_bundle, "model") and hasattr(model_or_bundle, "task"):
+        cfg = (getattr(model_or_bundle, "config", None) or {}).get("model")
+        task = task if task is not None else model_or_bundle.task
+        return model_or_bundle.model, task, cfg or getattr(task, "model", {}) or {}
+    if isinstance(model_or_bundle, torch.nn.Module):
+        if task is None:
+            raise ValueError("predict(model, images) needs task=: it says how to normalise and post-process")
+        return model_or_bundle, task, getattr(task, "model", {}) or {}
+    raise ValueError(
+        "predict needs a Bundle (load_bundle) or a torch.nn.Module with task=, "
+        f"got {type(model_or_bundle).__name__}"
+    )
+
+
+class _Frames:
+    """A view of ``images`` as frames ``[T, C, H, W]`` that reads only the frames asked for.
+
+    Works for NumPy arrays, torch tensors and lazy arrays with NumPy-style slicing (dask, zarr,
+    memory maps): only ``images[start:stop]`` is ever converted to memory.
+    """
+
+    def __init__(self, images):
+        if hasattr(images, "detach"):
+            images = images.detach().cpu().numpy()
+        if not hasattr(images, "shape") or not hasattr(images, "__getitem__"):
+            images = np.asarray(images)
+        self.images = images
+        self.ndim = len(images.shape)
+        if self.ndim not in (2, 3, 4):
+            raise ValueError(
+                f"images must be [H, W], [T, H, W] or [T, C, H, W], got shape {tuple(images.shape)}"
+            )
+        shape = tuple(int(s) for s in images.shape)
+        self.n = 1 if self.ndim == 2 else shape[0]
+        self.channels = shape[1] if self.ndim == 4 else 1
+        self.frame_shape = shape[-2:]
+        if self.n == 0:
+            raise ValueError("images: no frames")
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        if self.ndim == 2:
+            a = np.asarray(self.images)[None, None]
+        elif self.ndim == 3:
+            a = np.asarray(self.images[start:stop])[:, None]
+        else:
+            a = np.asarray(self.images[start:stop])
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
+def check_images_fit(task, model_config: dict, frame_shape, channels: int = 1) -> None:
+    """Refuse images the model cannot take: another number of channels, or (for models trained on
+    crops: localisation, characterisation, classification) another size than the training crops.
+
+    Raises
+    ------
+    ValueError
+        Saying what the model takes and what to do.
+    """
+    in_ch = int((model_config or {}).get("in_channels", 1) or 1)
+    if int(channels) != in_ch:
+        raise ValueError(f"the model expects {in_ch} input channel(s); the images have {channels}")
+    h, w = (int(s) for s in frame_shape)
+    if not kind_rule(task.kind).fully_convolutional and tuple(task.pipeline.image_shape) != (h, w):
+        th, tw = task.pipeline.image_shape
+        raise ValueError(
+            f"the {task.kind} model of task {task.name!r} takes {th}x{tw} crops (its training size); "
+            f"got images of {h}x{w}. Crop the images around the particle to {th}x{tw} first, "
+            "or use a detection model."
+        )
+
+
+def _use_dihedral(task, test_time_augmentation) -> bool:
+    pp = task.postprocess or {}
+    explicit = test_time_augmentation is not None
+    tta = test_time_augmentation if explicit else pp.get("test_time_augmentation", "none")
+    if tta not in ("none", "dihedral", False, True):
+        raise ValueError(f"test_time_augmentation must be 'none' or 'dihedral', got {tta!r}")
+    dihedral = tta in ("dihedral", True) and task.kind == "localization"
+    why = dihedral_asymmetry(getattr(task.pipeline, "optics", None)) if dihedral else None
+    if why and explicit:
+        raise ValueError(
+            f"test_time_augmentation='dihedral' needs a PSF that flips and 90-degree rotations leave "
+            f"unchanged; this task's optics break that symmetry ({why}). Use 'none'."
+        )
+    if why:  # the task asks for it but its (edited) optics do not allow it: one pass instead
+        warnings.warn(
+            f"test-time augmentation switched off: the optics of task {task.name!r} are not symmetric "
+            f"({why})",
+            stacklevel=3,
+        )
+        return False
+    return dihedral
+
+
+# ---------------------------------------------------------------------------- the prediction path
+def predict_chunks(
+    model_or_bundle,
+    images,
+    *,
+    task=None,
+    chunk_frames: int | None = None,
+    threshold: float | None = None,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    tile_size: int = 512,
+    tile_overlap: int = 32,
+    link: bool = False,
+    search_range_px: float | None = None,
+    memory: int | None = None,
+    pixel_size_um: float | None = None,
+    frame_interval_s: float | None = None,
+    min_signal: float | None = None,
+    test_time_augmentation: str | None = None,
+    keep_maps: bool = True,
+) -> Generator[ChunkResult, None, PredictionResult]:
+    """Predict ``images`` chunk by chunk: yield every chunk's thresholded result, return the merged,
+    linked :class:`PredictionResult`.
+
+    Parameters are those of :func:`predict`, plus ``chunk_frames`` (frames read and run at a time;
+    default ``max(64, batch_size)``) and ``keep_maps`` (keep every chunk's output maps in the merged
+    result; switch off to bound memory when streaming long stacks). Only ``images[start:stop]`` of
+    one chunk is in memory at a time, so lazy arrays (dask, zarr, memory maps) are read chunk by
+    chunk. Use it as a generator (``for chunk in gen: ...``; the merged result is the
+    ``StopIteration`` value, which napari's ``thread_worker`` passes to ``returned``).
+
+    Yields
+    ------
+    ChunkResult
+        Detections (global frame numbers, not linked), labels (global ids), counts and maps of one chunk.
+
+    Returns
+    -------
+    PredictionResult
+    """
+    model, task, model_cfg = _model_and_task(model_or_bundle, task)
+    rule = kind_rule(task.kind)
+    pp = dict(task.postprocess or {})
+    frames = _Frames(images)
+    check_images_fit(task, model_cfg, frames.frame_shape, frames.channels)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    chunk = int(chunk_frames) if chunk_frames is not None else max(DEFAULT_CHUNK_FRAMES, int(batch_size))
+    if chunk < 1:
+        raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    thr = float(threshold if threshold is not None else pp.get("threshold", 0.5))
+    dihedral = _use_dihedral(task, test_time_augmentation)
+    dev = torch.device(device)
+    model.eval()
+    model.to(dev)
+    tables, label_parts, count_parts, map_parts = [], [], [], []
+    label_offset = 0
+    for start in range(0, frames.n, chunk):
+        stop = min(start + chunk, frames.n)
+        x = frames.read(start, stop)
+        xn = normalize(x, task.input_normalization)
+        if dihedral:
+            fields = list(getattr(_target(task), "fields", []))
+            raw = dihedral_average(model, xn, fields, int(batch_size), dev)
+        else:
+            raw = run_model(
+                model,
+                xn,
+                rule.fully_convolutional,
+                _down_factor(model_cfg),
+                int(batch_size),
+                int(tile_size),
+                int(tile_overlap),
+                dev,
+            )
+        out = _activation(raw, pp.get("activation", "none")).numpy()
+        maps = out if out.ndim == 4 else out.reshape(len(out), -1)
+        det, labels, counts = rule.measure(RawOutput(task, out, xn, thr, pp, min_signal))
+        det = det.copy()
+        det["frame"] = det["frame"].to_numpy().astype(np.int64) + start
+        if labels is not None:
+            labels = np.where(labels > 0, labels.astype(np.int64) + label_offset, 0)
+            if "label" in det.columns:
+                det["label"] = det["label"].to_numpy() + label_offset
+            label_offset = int(labels.max(initial=label_offset))
+            label_parts.append(labels)
+        if counts is not None:
+            count_parts.append(np.atleast_1d(np.asarray(counts, dtype=np.float64)))
+        if keep_maps:
+            map_parts.append(maps)
+        tables.append(det)
+        yield ChunkResult(start, stop, det, maps, labels, counts)
+    det = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0].reset_index(drop=True)
+    info: dict[str, Any] = {
+        "threshold": thr,
+        "tile_size": int(tile_size),
+        "chunk_frames": chunk,
+        "n_frames": int(frames.n),
+        "image_shape": [int(s) for s in frames.frame_shape],
+        "test_time_augmentation": "dihedral" if dihedral else "none",
+    }
+    det, diffusion, track_props = _link(
+        task, det, frames.n, info, link, search_range_px, memory, pixel_size_um, frame_interval_s
+    )
+    return PredictionResult(
+        kind=task.kind,
+        detections=det,
+        maps=np.concatenate(map_parts) if map_parts else None,
+        labels=np.concatenate(label_parts).astype(np.int32 if label_offset < 2**31 else np.int64)
+        if label_parts
+        else None,
+        counts=np.concatenate(count_parts) if count_parts else None,
+        diffusion=diffusion,
+        track_properties=track_props,
+        info=info,
+    )
+
+
+def linking_settings(
+    task, search_range_px: float | None = None, memory: int | None = None
+) -> tuple[float, int]:
+    """The search range (px) and memory (frames) used to link: the given ones, else the task's
+    ``postprocess["search_range_px"]`` (5 px) and ``postprocess["memory"]`` (0)."""
+    pp = task.postprocess or {}
+    sr = float(search_range_px if search_range_px is not None else pp.get("search_range_px", 5.0))
+    mem = int(memory if memory is not None else pp.get("memory", 0))
+    return sr, mem
+
+
+def _link(task, det, n_frames, info, link, search_range_px, memory, pixel_size_um, frame_interval_s):
+    """Link the merged, thresholded detections into tracks (plus diffusion and per-track properties)."""
+    diffusion = track_props = None
+    if link and len(det) and n_frames > 1:
+        sr, mem = linking_settings(task, search_range_px, memory)
+        det = link_tracks(det, sr, memory=mem)
+        info.update({"search_range_px": sr, "memory": mem})
+        if pixel_size_um is not None and frame_interval_s is not None:
+            d = diffusion_coefficients(det, float(pixel_size_um), float(frame_interval_s))
+            diffusion = {"ensemble": d["ensemble"], "per_track": d["per_track"]}
+    elif link and len(det):
+        det = det.assign(track_id=np.arange(len(det), dtype=np.int64))
+    if task.kind == "characterization" and "track_id" in det.columns:
+        props = [
+            c for c in det.columns if c not in ("frame", "y", "x", "track_id") and not c.endswith("_sigma")
+        ]
+        track_props = aggregate_tracks(det, props)
+    return det, diffusion, track_props
 
 
 def predict(
-    bundle,
+    model_or_bundle,
     images,
     threshold: float | None = None,
     batch_size: int = 8,
@@ -311,20 +708,26 @@ def predict(
     tile_overlap: int = 32,
     link: bool = False,
     search_range_px: float | None = None,
-    memory: int = 0,
+    memory: int | None = None,
     pixel_size_um: float | None = None,
     frame_interval_s: float | None = None,
     min_signal: float | None = None,
     test_time_augmentation: str | None = None,
+    *,
+    task=None,
+    chunk_frames: int | None = None,
+    keep_maps: bool = True,
 ) -> PredictionResult:
-    """Run a trained bundle on images and post-process its output according to ``task.kind``.
+    """Run a trained model on images and post-process its output according to ``task.kind``.
 
     Parameters
     ----------
-    bundle : Bundle
-        From :func:`napari_deeptrack.io.bundle.load_bundle` (``.model``, ``.task``).
+    model_or_bundle : Bundle or torch.nn.Module
+        From :func:`napari_deeptrack.io.bundle.load_bundle` (``.model``, ``.task``), or a model with
+        ``task=`` (e.g. ``train_task(...).model``).
     images : array [H, W], [T, H, W] or [T, C, H, W]
-        Raw images (camera counts); any size for fully convolutional tasks.
+        Raw images (camera counts); any size for fully convolutional tasks. NumPy, torch, or a lazy
+        array (dask, zarr) read one chunk of frames at a time.
     threshold : float or None
         Detection / segmentation threshold; default ``task.postprocess["threshold"]`` (or 0.5).
     batch_size : int
@@ -334,11 +737,11 @@ def predict(
     tile_size, tile_overlap : int
         Images larger than ``tile_size`` are processed in overlapping tiles.
     link : bool
-        Link detections into tracks (adds ``track_id``).
-    search_range_px : float or None
-        Linking search range; default ``task.postprocess["search_range_px"]`` or 5 px.
-    memory : int
-        Frames a particle may vanish and keep its track.
+        Link the thresholded detections of all frames into tracks (adds ``track_id``).
+    search_range_px, memory : float, int or None
+        Linking search range and the frames a particle may vanish and keep its track; default the
+        task's ``postprocess["search_range_px"]`` (5 px) and ``["memory"]`` (0), see
+        :func:`linking_settings`.
     pixel_size_um, frame_interval_s : float or None
         With ``link``, both given: diffusion coefficients from the MSD (``result.diffusion``).
     min_signal : float or None
@@ -355,146 +758,40 @@ def predict(
         with asymmetric optics, see :func:`dihedral_asymmetry`, is an error). Default
         ``task.postprocess["test_time_augmentation"]`` (absent: none), which is switched off with a
         warning when the task's optics are not symmetric.
+    task : Task, optional
+        The task, when ``model_or_bundle`` is a bare model.
+    chunk_frames, keep_maps
+        See :func:`predict_chunks`.
 
     Returns
     -------
     PredictionResult
     """
-    task = bundle.task
-    model = bundle.model
-    kind = task.kind
-    pp = dict(task.postprocess or {})
-    arr = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
-    if arr.ndim == 2:
-        arr = arr[None, None]
-    elif arr.ndim == 3:
-        arr = arr[:, None]
-    elif arr.ndim != 4:
-        raise ValueError(f"images must be [H, W], [T, H, W] or [T, C, H, W], got shape {arr.shape}")
-    if arr.shape[0] == 0:
-        raise ValueError("images: no frames")
-    x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-    t_n, _, h, w = x.shape
-    fully_conv = kind in FULLY_CONVOLUTIONAL_KINDS
-    if not fully_conv and tuple(task.pipeline.image_shape) != (h, w):
-        th, tw = task.pipeline.image_shape
-        raise ValueError(
-            f"the {kind} model of task {task.name!r} takes {th}x{tw} crops (its training size); "
-            f"got images of {h}x{w}. Crop the images around the particle to {th}x{tw} first."
-        )
-    model.eval()
-    model.to(torch.device(device))
-    xn = normalize_input(x, task.input_normalization)
-    explicit = test_time_augmentation is not None
-    tta = test_time_augmentation if explicit else pp.get("test_time_augmentation", "none")
-    if tta not in ("none", "dihedral", False, True):
-        raise ValueError(f"test_time_augmentation must be 'none' or 'dihedral', got {tta!r}")
-    dihedral = tta in ("dihedral", True) and kind == "localization"
-    why = dihedral_asymmetry(getattr(task.pipeline, "optics", None)) if dihedral else None
-    if why and explicit:
-        raise ValueError(
-            f"test_time_augmentation='dihedral' needs a PSF that flips and 90-degree rotations leave "
-            f"unchanged; this task's optics break that symmetry ({why}). Use 'none'."
-        )
-    if why:  # the task asks for it but its (edited) optics do not allow it: one pass instead
-        warnings.warn(
-            f"test-time augmentation switched off: the optics of task {task.name!r} are not symmetric "
-            f"({why})",
-            stacklevel=2,
-        )
-        dihedral = False
-    if dihedral:
-        fields = list(getattr(_target(task), "fields", []))
-        raw = dihedral_average(model, xn, fields, int(batch_size), device)
-    else:
-        raw = run_model(
-            model,
-            xn,
-            fully_conv,
-            _down_factor(task.model),
-            int(batch_size),
-            int(tile_size),
-            int(tile_overlap),
-            device,
-        )
-    out = _activation(raw, pp.get("activation", "none")).numpy()
-    thr = float(threshold if threshold is not None else pp.get("threshold", 0.5))
-    labels = counts = None
-    info: dict[str, Any] = {
-        "threshold": thr,
-        "tile_size": int(tile_size),
-        "n_frames": int(t_n),
-        "image_shape": [int(h), int(w)],
-        "test_time_augmentation": "dihedral" if dihedral else "none",
-    }
-    if kind == "detection":
-        # optional brightness filters (off unless the task's postprocess sets them): summed
-        # probability ("min_mass") and the integrated normalised input around the detection
-        # ("min_signal", in background-noise units with robust normalisation), like trackpy's minmass
-        min_signal = min_signal if min_signal is not None else pp.get("min_signal")
-        det = detect_from_map(
-            out[:, 0],
-            thr,
-            method=pp.get("method", "components"),
-            min_distance_px=float(pp.get("disk_radius_px", 3.0)),
-            min_mass=None if pp.get("min_mass") is None else float(pp["min_mass"]),
-            image=None if min_signal is None else xn[:, 0].numpy(),
-            min_signal=None if min_signal is None else float(min_signal),
-            signal_radius_px=float(pp.get("signal_radius_px", pp.get("disk_radius_px", 3.0))),
-        )
-        counts = np.bincount(det["frame"].to_numpy(), minlength=t_n).astype(np.float64)
-    elif kind == "counting":
-        sigma = float(getattr(_target(task), "sigma_px", pp.get("sigma_px", 2.0)))
-        counts = counts_from_density(out[:, 0])
-        det = peaks_from_density(out[:, 0], sigma)
-    elif kind == "segmentation":
-        labels, det = _segmentation(out, thr, pp)
-        counts = np.bincount(det["frame"].to_numpy(), minlength=t_n).astype(np.float64)
-    elif kind == "tracking-3d":
-        tgt = _target(task)
-        det = positions_from_volume(
-            out, tgt.z_min_um, tgt.z_max_um, tgt.radius_px, thr, method=pp.get("z_method", "fit")
-        )
-        counts = np.bincount(det["frame"].to_numpy(), minlength=t_n).astype(np.float64)
-    elif kind in ("localization", "characterization"):
-        det = _regression(task, out.reshape(t_n, -1), (h, w))
-    elif kind == "classification":
-        p = out.reshape(t_n, -1)
-        det = pd.DataFrame(
-            {
-                "frame": np.arange(t_n),
-                "y": (h - 1) / 2.0,
-                "x": (w - 1) / 2.0,
-                "class_id": p.argmax(1).astype(np.int64),
-                "probability": p.max(1),
-            }
-        )
-    else:  # image-to-image
-        det = empty_detections()
-    diffusion = None
-    if link and len(det) and t_n > 1:
-        sr = float(search_range_px if search_range_px is not None else pp.get("search_range_px", 5.0))
-        det = link_tracks(det, sr, memory=int(memory))
-        info.update({"search_range_px": sr, "memory": int(memory)})
-        if pixel_size_um is not None and frame_interval_s is not None:
-            d = diffusion_coefficients(det, float(pixel_size_um), float(frame_interval_s))
-            diffusion = {"ensemble": d["ensemble"], "per_track": d["per_track"]}
-    elif link and len(det):
-        det = det.assign(track_id=np.arange(len(det), dtype=np.int64))
-    track_props = None
-    if kind == "characterization" and "track_id" in det.columns:
-        props = [
-            c for c in det.columns if c not in ("frame", "y", "x", "track_id") and not c.endswith("_sigma")
-        ]
-        track_props = aggregate_tracks(det, props)
-    maps = out if out.ndim == 4 else out.reshape(t_n, -1)
-    return PredictionResult(
-        kind=kind,
-        detections=det,
-        maps=maps,
-        labels=labels,
-        counts=counts,
-        diffusion=diffusion,
-        track_properties=track_props,
-        info=info,
+    gen = predict_chunks(
+        model_or_bundle,
+        images,
+        task=task,
+        chunk_frames=chunk_frames,
+        threshold=threshold,
+        batch_size=batch_size,
+        device=device,
+        tile_size=tile_size,
+        tile_overlap=tile_overlap,
+        link=link,
+        search_range_px=search_range_px,
+        memory=memory,
+        pixel_size_um=pixel_size_um,
+        frame_interval_s=frame_interval_s,
+        min_signal=min_signal,
+        test_time_augmentation=test_time_augmentation,
+        keep_maps=keep_maps,
     )
+    while True:
+        try:
+            next(gen)
+        except StopIteration as done:
+            return done.value
+
+
+def _target(task):
+    return task.pipeline.targets[task.target]

@@ -37,8 +37,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="detection threshold in (0, 1] (default: the task's)",
     )
     p.add_argument("--link", action="store_true", help="link detections over frames into tracks (trackpy)")
-    p.add_argument("--search-range-px", type=float, default=None, help="linking search range in pixels")
-    p.add_argument("--memory", type=int, default=0, help="frames a particle may vanish and keep its track")
+    p.add_argument(
+        "--search-range-px",
+        type=float,
+        default=None,
+        help="linking search range in pixels (default: the task's, 5)",
+    )
+    p.add_argument(
+        "--memory",
+        type=int,
+        default=None,
+        help="frames a particle may vanish and keep its track (default: the task's, 0)",
+    )
     p.add_argument("--labels-out", default=None, metavar="LABELS.tif", help="instance labels (segmentation)")
     p.add_argument(
         "--counts-out",
@@ -71,7 +81,7 @@ def _finite(x):
 
 
 def run(args) -> int:
-    from ..analysis.apply import predict
+    from ..analysis.predict import predict
     from ..io.bundle import load_bundle
     from ..io.images import read_images
     from ..io.tables import write_counts_csv, write_results_csv
@@ -82,7 +92,7 @@ def run(args) -> int:
         v = getattr(args, name)
         if v is not None and not v > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {v}")
-    if args.memory < 0:
+    if args.memory is not None and args.memory < 0:
         raise ValueError(f"--memory must be >= 0, got {args.memory}")
     bundle = load_bundle(args.bundle, device=args.device)
     images, meta = read_images(args.image, channel=args.channel)

@@ -511,32 +511,6 @@ class Bundle:
     def postprocess(self) -> dict[str, Any]:
         return dict(self.task.postprocess)
 
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor, batch_size: int = 16, normalize: bool = True) -> torch.Tensor:
-        """Raw images [B, C, H, W] -> model outputs after ``postprocess["activation"]`` (on CPU).
-
-        Applies the task's input normalisation first (as in training) when ``normalize`` is true.
-        """
-        from ..train.data import normalize as _normalize
-
-        x = torch.as_tensor(images, dtype=torch.float32)
-        if x.dim() == 3:
-            x = x[:, None]
-        dev = next(iter(self.model.parameters()), torch.empty(0)).device
-        act = self.task.postprocess.get("activation", "none")
-        outs = []
-        for i in range(0, len(x), batch_size):
-            xb = x[i : i + batch_size]
-            if normalize:
-                xb = _normalize(xb, self.task.input_normalization)
-            out = self.model(xb.to(dev))
-            if act == "sigmoid":
-                out = torch.sigmoid(out)
-            elif act == "softmax":
-                out = torch.softmax(out, dim=1)
-            outs.append(out.cpu())
-        return torch.cat(outs)
-
 
 def load_bundle(
     path: str | Path, device: str | torch.device = "cpu", model: torch.nn.Module | None = None
