@@ -68,6 +68,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--pixel-size-um", type=float, help="pixel size of the --match image (default: from the file)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(  # self-supervised tasks (train/selfsupervised.py)
+        "images", nargs="*", metavar="IMAGE", help="self-supervised tasks: image(s) holding the --crop boxes"
+    )
+    p.add_argument(
+        "--crop",
+        action="append",
+        default=[],
+        metavar="Y0,X0,Y1,X1",
+        help="self-supervised tasks (particles-selfsupervised): a rectangle around ONE object "
+        "(rows Y0:Y1, columns X0:X1; prefix the frame: T,Y0,X0,Y1,X1); repeat for a few objects",
+    )
     return p
 
 
@@ -133,9 +144,14 @@ def run(args) -> int:
         print("\nstopping after this batch (Ctrl-C again to abort)...", file=sys.stderr)
         stop.stop()
 
+    trainer = train_task
+    if args.crop or args.images or task.loss.get("type") == "lodestar":  # self-supervised, from crops
+        from ..train.selfsupervised import crop_trainer
+
+        trainer = crop_trainer(args.images, args.crop)
     previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
     try:
-        result = train_task(
+        result = trainer(
             task,
             args.out,
             epochs=args.epochs,
@@ -159,7 +175,7 @@ def run(args) -> int:
         print("no checkpoint was saved (training stopped before the first validation)", file=sys.stderr)
         return 1
     i = h["epoch"].index(h["best_epoch"])
-    extra = "".join(f", {k}={h[k][i]:.4g}" for k in ("rmse_px",) if k in h)
+    extra = "".join(f", {k}={h[k][i]:.4g}" for k in ("rmse_px", "consistency_px") if k in h)
     print(
         f"saved {result.bundle_path} (best epoch {h['best_epoch'] + 1}/{len(h['epoch'])}, "
         f"val_loss={h['val_loss'][i]:.4g}{extra}; {h['reason']})"

@@ -6,12 +6,14 @@
 
 from .cnn import CNN
 from .gan import PatchDiscriminator, Pix2Pix, Pix2PixGenerator
+from .lodestar import LodeSTAR
 from .mlp import MLP
 from .registry import MODELS, build_model, list_models, model_config, register_model
 from .unet import EncoderDecoder, UNet
 
 __all__ = [
     "CNN",
+    "LodeSTAR",
     "MLP",
     "MODELS",
     "EncoderDecoder",
