@@ -3,7 +3,7 @@
 IMAGE is a TIFF stack, a PNG/TIFF file or a folder of frames (sorted by name). The results CSV has
 one row per detection: ``frame, y, x`` in pixels of the input, then ``z_um`` and other properties
 where the task gives them, ``probability``, and ``track_id`` with ``--link``. Counting tasks also
-write ``counts.csv`` (``frame,count``) next to the results; ``--labels-out`` writes instance labels
+write ``RESULTS_counts.csv`` (``frame,count``) next to the results; ``--labels-out`` writes instance labels
 (segmentation) as a TIFF. A JSON summary goes to standard output.
 """
 
@@ -54,7 +54,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--counts-out",
         default=None,
         metavar="COUNTS.csv",
-        help="counts per frame (default for counting tasks: counts.csv next to --out)",
+        help="counts per frame (default for counting tasks: <--out stem>_counts.csv next to --out)",
     )
     p.add_argument(
         "--pixel-size-um",
@@ -73,6 +73,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--channel", default=None, help="colour images: channel to use (r, g, b or 0, 1, 2)")
     p.add_argument("--batch-size", type=int, default=8, help="frames per forward pass (default 8)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="read the complete frames of a truncated TIFF (with a warning) instead of refusing it",
+    )
     return p
 
 
@@ -82,6 +87,7 @@ def _finite(x):
 
 def run(args) -> int:
     from ..analysis.predict import predict
+    from ..io.atomic import atomic_write_text
     from ..io.bundle import load_bundle
     from ..io.images import read_images
     from ..io.tables import write_counts_csv, write_results_csv
@@ -94,8 +100,18 @@ def run(args) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {v}")
     if args.memory is not None and args.memory < 0:
         raise ValueError(f"--memory must be >= 0, got {args.memory}")
+    # validate every output path and the device before reading or writing anything (issue 14)
+    from ..io.atomic import check_output_file
+    from ..train.seeding import resolve_device
+
+    check_output_file(args.out, "--out", (".csv",))
+    if args.labels_out:
+        check_output_file(args.labels_out, "--labels-out", (".tif", ".tiff"))
+    if args.counts_out:
+        check_output_file(args.counts_out, "--counts-out", (".csv",))
+    resolve_device(args.device)
     bundle = load_bundle(args.bundle, device=args.device)
-    images, meta = read_images(args.image, channel=args.channel)
+    images, meta = read_images(args.image, channel=args.channel, allow_partial=args.allow_partial)
     for note in meta["notes"]:
         print(f"note: {note}", file=sys.stderr)
     px = args.pixel_size_um or meta.get("pixel_size_um")
@@ -118,6 +134,8 @@ def run(args) -> int:
         pixel_size_um=px or trained_px,
         frame_interval_s=args.frame_interval_s,
     )
+    if args.labels_out and res.labels is None:
+        raise ValueError(f"--labels-out: the {res.kind} task produces no instance labels")
     out = write_results_csv(res.detections, args.out)
     summary: dict = {
         "task": bundle.task.name,
@@ -128,13 +146,11 @@ def run(args) -> int:
     }
     counts_path = args.counts_out
     if counts_path is None and res.kind == "counting":
-        counts_path = Path(args.out).with_name("counts.csv")
+        counts_path = Path(args.out).with_name(Path(args.out).stem + "_counts.csv")  # follows --out
     if counts_path is not None and res.counts is not None:
         summary["counts"] = str(write_counts_csv(res.counts, counts_path))
         summary["mean_count"] = float(np.mean(res.counts))
     if args.labels_out:
-        if res.labels is None:
-            raise ValueError(f"--labels-out: the {res.kind} task produces no instance labels")
         from ..io.tiff import write_tiff
 
         lab = res.labels.astype(np.uint16 if res.labels.max(initial=0) < 65536 else np.int32)
@@ -143,12 +159,14 @@ def run(args) -> int:
         summary["tracks"] = int(res.detections["track_id"].nunique())
         if res.diffusion is not None:
             tracks_path = Path(args.out).with_name(Path(args.out).stem + "_tracks.csv")
-            res.diffusion["per_track"].to_csv(tracks_path, index=False, float_format="%.6g")
+            atomic_write_text(
+                tracks_path, res.diffusion["per_track"].to_csv(index=False, float_format="%.6g")
+            )
             summary["diffusion_um2_s"] = _finite(res.diffusion["ensemble"]["diffusion_um2_s"])
             summary["tracks_table"] = str(tracks_path)
     if res.track_properties is not None:
         props_path = Path(args.out).with_name(Path(args.out).stem + "_properties.csv")
-        res.track_properties.to_csv(props_path, index=False, float_format="%.6g")
+        atomic_write_text(props_path, res.track_properties.to_csv(index=False, float_format="%.6g"))
         summary["properties_table"] = str(props_path)
     print(json.dumps(summary))
     return 0
