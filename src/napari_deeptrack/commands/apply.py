@@ -133,6 +133,7 @@ def run(args) -> int:
         memory=args.memory,
         pixel_size_um=px or trained_px,
         frame_interval_s=args.frame_interval_s,
+        keep_maps=False,  # the CLI writes tables and labels only: memory stays bounded in the frames
     )
     if args.labels_out and res.labels is None:
         raise ValueError(f"--labels-out: the {res.kind} task produces no instance labels")
