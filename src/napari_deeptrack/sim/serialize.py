@@ -148,13 +148,17 @@ def to_dict(obj: Any) -> Any:
 def from_dict(data: Any) -> Any:
     """Rebuild a tree of registered dataclasses from :func:`to_dict` output."""
     _ensure_all_registered()
-    from ..errors import ConfigError
+    from ..errors import ConfigError, DeepTrackError
 
     _check_depth(data)
     try:
         return _decode(data)
+    except DeepTrackError:
+        raise
     except (KeyError, TypeError, AttributeError, IndexError) as exc:  # malformed structure
         raise ConfigError(f"invalid configuration ({type(exc).__name__}: {exc})") from None
+    except (ValueError, OverflowError, RecursionError) as exc:  # a field's own check: one documented type
+        raise ConfigError(str(exc) or type(exc).__name__) from None
 
 
 def to_json(obj: Any, indent: int | None = 2) -> str:
