@@ -22,7 +22,6 @@ trained model's simulation covered a new image. No GUI imports here: the command
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -270,8 +269,12 @@ def compare_statistics(
     - ``spot_width``: ``|log(sigma_sim / sigma_real)|`` (0 when no spots were found in either),
     - ``background``: background difference divided by the real 1-99 % range.
 
-    ``distance`` is the mean of ``histogram``, ``noise`` and ``spot_width``. As a rule of thumb, below
-    0.2 the simulation resembles the data; above 0.5 it does not cover it.
+    - ``polarity``: 1 when the particles are dark in one and bright in the other (clear asymmetry), else 0.
+
+    ``distance`` is the mean of ``histogram``, ``noise`` and ``spot_width``, plus ``polarity``. As a rule
+    of thumb, below 0.2 the simulation resembles the data; above 0.5 it does not cover it. For a
+    per-component comparison that also checks object size, ring profile, texture and density, see
+    :func:`napari_deeptrack.analysis.realism.sim_real_distance`.
 
     Returns
     -------
@@ -298,7 +301,12 @@ def compare_statistics(
         "background": float(background),
         "polarity_match": real.polarity == sim.polarity,
     }
-    out["distance"] = float((hist + noise + width) / 3.0)
+    # a polarity mismatch (dark particles simulated bright, or the reverse) is never "close"
+    pol = 0.0
+    if real.polarity != sim.polarity and max(abs(real.polarity_score), abs(sim.polarity_score)) > 0.3:
+        pol = 1.0
+    out["polarity"] = pol
+    out["distance"] = float((hist + noise + width) / 3.0 + pol)
     out["real"] = real.to_dict()
     out["sim"] = sim.to_dict()
     return out
@@ -332,22 +340,17 @@ def match_pipeline(
     *,
     stats: ImageStatistics | None = None,
     match_shape: bool = False,
+    overrides: dict[str, Any] | None = None,
 ):
-    """A copy of ``pipeline`` set to the values measured on ``image``.
+    """A copy of ``pipeline`` set to the values measured on ``image``, as its preset family dictates.
 
-    What is changed (only where the pipeline has the corresponding object):
-
-    - optics ``pixel_size_um`` (when given; camera pixel / magnification are then cleared), and for
-      incoherent optics with ``NA`` and ``wavelength_um`` the NA that gives the measured spot width
-      (sigma = 0.21 wavelength / NA, clipped to [0.1, 0.98 * refractive_index_medium]),
-    - ``Background.level`` -> measured background in photons,
-    - ``Camera.gain`` -> 1 / photons_per_count and ``Camera.offset`` -> 0, so simulated grey values are in
-      the image's units and the background noise is shot noise of the right size (a ``Camera`` is
-      inserted after ``Poisson`` when the pipeline has none and grey values are clearly not photons),
-    - ``ReadNoise.sigma`` -> 0 when a camera gain carries the noise (else the excess noise over shot noise),
-    - each population's ``count`` -> ``IntUniform`` around the measured spots per frame (scaled to the
-      pipeline's image area), ``intensity`` -> ``Uniform(0.5, 1.5) x`` the measured spot integral in photons,
-    - ``image_shape`` -> the image's (H, W) when ``match_shape``.
+    Shorthand for :func:`napari_deeptrack.analysis.match.calibrate` followed by
+    :func:`~napari_deeptrack.analysis.match.apply_calibration` (see there for what each family measures
+    and sets). For point emitters: the optics pixel size and the NA that gives the measured spot width
+    (sigma = 0.21 wavelength / NA, clamped to [0.2, 0.98 n]), the background in photons, the camera gain
+    (a ``Camera`` is inserted after ``Poisson`` when grey values are clearly not photons), read noise,
+    particle count around the measured spots per frame and photons around the measured spot integral,
+    and dark (absorbing) spots when the real particles are darker than the background.
 
     Parameters
     ----------
@@ -361,71 +364,17 @@ def match_pipeline(
         Precomputed statistics (else measured here).
     match_shape : bool
         Also set ``image_shape`` to the image's.
+    overrides : dict, optional
+        Estimates set by the user (``{"background": 120}``).
 
     Returns
     -------
     Pipeline
     """
-    from ..sim.params import IntUniform, Uniform
+    from .match import apply_calibration, calibrate
 
-    if pixel_size_um is not None and not float(pixel_size_um) > 0:
-        raise ValueError(f"pixel_size_um must be > 0, got {pixel_size_um}")
-    stats = stats or estimate_statistics(image, pixel_size_um)
-    new = copy.deepcopy(pipeline)
-    optics = new.optics
-    if pixel_size_um:
-        optics = _replace(
-            optics, pixel_size_um=float(pixel_size_um), camera_pixel_um=None, magnification=None
-        )
-    px = _optics_pixel_size(optics)
-    coherent = type(optics).__name__ in ("Holography", "Brightfield")
-    if stats.spot_sigma_px and px and not coherent and {"NA", "wavelength_um"} <= _fields(optics):
-        n_med = float(getattr(optics, "refractive_index_medium", 1.52) or 1.52)
-        na = SIGMA_PER_LAMBDA_OVER_NA * float(optics.wavelength_um) / (stats.spot_sigma_px * px)
-        optics = _replace(optics, NA=float(np.clip(na, 0.1, 0.98 * n_med)))
-    new.optics = optics
-    if match_shape:
-        new.image_shape = tuple(stats.image_shape)
-
-    names = [type(t).__name__ for t in new.transforms]
-    k_est = stats.photons_per_count
-    if "Camera" not in names and "Poisson" in names and k_est and not 0.8 <= k_est <= 1.25 and not coherent:
-        # grey values are not photons: add a camera after the shot noise so that noise and grey values match
-        from ..sim import Camera
-
-        new.transforms = list(new.transforms)
-        new.transforms.insert(names.index("Poisson") + 1, Camera(gain=1.0 / k_est, offset=0.0))
-        names = [type(t).__name__ for t in new.transforms]
-    has_gain = "Camera" in names
-    k = k_est if (has_gain and k_est) else 1.0
-    transforms = []
-    for tr in new.transforms:
-        name = type(tr).__name__
-        if name == "Background":
-            tr = _replace(tr, level=float(max(stats.background, 0.0) * k))
-        elif name == "Camera":
-            tr = _replace(tr, gain=float(1.0 / k), offset=0.0)
-        elif name == "ReadNoise":
-            excess = 0.0 if has_gain else max(stats.noise_sigma**2 - max(stats.background, 0.0), 0.0) ** 0.5
-            tr = _replace(tr, sigma=float(excess))
-        transforms.append(tr)
-    new.transforms = transforms
-
-    h, w = stats.image_shape
-    area_ratio = (new.image_shape[0] * new.image_shape[1]) / float(h * w)
-    n = stats.spots_per_frame * area_ratio
-    per_pop = n / max(len(new.particles), 1)
-    pops = []
-    for pop in new.particles:
-        changes: dict[str, Any] = {
-            "count": IntUniform(int(math.floor(0.5 * per_pop)), max(1, int(math.ceil(1.5 * per_pop))))
-        }
-        if stats.spot_integral and not coherent:
-            mid = stats.spot_integral * k
-            changes["intensity"] = Uniform(0.5 * mid, 1.5 * mid)
-        pops.append(dataclasses.replace(pop, **changes))
-    new.particles = pops
-    return new
+    cal = calibrate(pipeline, image, pixel_size_um, stats=stats, overrides=overrides)
+    return apply_calibration(pipeline, cal, match_shape=match_shape)
 
 
 # ---------------------------------------------------------------------------- coverage

@@ -62,10 +62,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--match",
         metavar="IMAGE",
-        help="calibrate the simulation to a real image first (analysis.calibrate.match_pipeline)",
+        help="calibrate the simulation to a real image first: any image the reader reads (TIFF, PNG, "
+        "a folder of frames, .npy); the estimates and a sim-vs-real verdict are printed",
     )
     p.add_argument(
         "--pixel-size-um", type=float, help="pixel size of the --match image (default: from the file)"
+    )
+    p.add_argument(
+        "--match-channel",
+        help="colour --match images: channel to use (0/1/2 or r/g/b; default: luminance)",
+    )
+    p.add_argument(
+        "--match-set",
+        dest="match_overrides",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="replace a calibration estimate (repeatable), e.g. background=120 or polarity=dark",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(  # self-supervised tasks (train/selfsupervised.py)
@@ -97,34 +110,51 @@ def parse_assignments(items: list[str]) -> dict:
     return out
 
 
-def _match(task, image_path: str, pixel_size_um: float | None):
-    try:
-        from ..analysis.calibrate import match_pipeline
-    except ImportError:
-        match_pipeline = None
-    if match_pipeline is None:
-        raise ValueError(
-            "--match needs napari_deeptrack.analysis.calibrate.match_pipeline, which this installation "
-            "does not provide yet"
-        )
-    import numpy as np
+def _match(task, image_path: str, pixel_size_um: float | None, channel=None, overrides=None):
+    """``task`` with its simulation calibrated to the image at ``image_path`` (analysis.match)."""
+    from ..analysis.match import apply_calibration, calibrate
+    from ..io.images import read_images
 
-    path = Path(image_path)
-    if not path.exists():
-        raise FileNotFoundError(f"--match image {path} does not exist")
-    if path.suffix.lower() in (".tif", ".tiff"):
-        from ..io.tiff import read_tiff
+    if Path(image_path).suffix.lower() == ".npy":  # arrays saved from Python: [H, W] or [T, H, W]
+        import numpy as np
 
-        image, meta = read_tiff(path)
-        pixel_size_um = pixel_size_um or meta.get("pixel_size_um")
-    elif path.suffix.lower() == ".npy":
-        image = np.load(path, allow_pickle=False)
+        if not Path(image_path).is_file():
+            raise FileNotFoundError(f"--match image {image_path} does not exist")
+        image, meta = np.load(image_path, allow_pickle=False).astype(np.float32), {}
+        image = image[None] if image.ndim == 2 else image
     else:
-        raise ValueError(f"--match reads .tif/.tiff or .npy images, got {path.name}")
-    pixel_size_um = float(pixel_size_um or task.pixel_size_um)
-    result = match_pipeline(task.pipeline, image, pixel_size_um)
-    pipeline = result[0] if isinstance(result, tuple) else result
-    return task.edited({"pipeline": pipeline, "pixel_size_um": pixel_size_um})
+        image, meta = read_images(image_path, channel=channel)
+    for note in meta.get("notes", []):
+        print(f"--match {Path(image_path).name}: {note}", file=sys.stderr)
+    if pixel_size_um:
+        source = "--pixel-size-um"
+    elif meta.get("pixel_size_um"):
+        pixel_size_um, source = float(meta["pixel_size_um"]), "the image file's metadata"
+    else:
+        source = "unknown"
+    cal = calibrate(
+        task.pipeline, image, pixel_size_um, overrides=parse_assignments(overrides or []),
+        pixel_source=source,
+    )
+    print(cal.table(), file=sys.stderr)
+    pipeline = apply_calibration(task.pipeline, cal)
+    _print_verdict(pipeline, image)
+    return task.edited({"pipeline": pipeline, "pixel_size_um": float(cal.pixel_size_um)})
+
+
+def _print_verdict(pipeline, image) -> None:
+    """Compare 4 matched simulated images with (a crop of) the real data; print the per-component verdict."""
+    from ..analysis.realism import sim_real_distance
+
+    h, w = (min(s, 256) for s in image.shape[-2:])
+    real = image[: min(len(image), 4), :h, :w]
+    sim = pipeline.with_(image_shape=(h, w))(4, seed=0).image[:, 0].numpy()
+    d = sim_real_distance(sim, real)
+    comps = ", ".join(f"{k} {v:.2f}{'' if d['ok'][k] else '!'}" for k, v in d["components"].items())
+    verdict = f"{d['verdict']} (distance {d['distance']:.2f}; {comps})"
+    print(f"matched simulation vs image: {verdict}", file=sys.stderr)
+    for reason in d["reasons"]:
+        print(f"  - {reason}", file=sys.stderr)
 
 
 def run(args) -> int:
@@ -135,7 +165,7 @@ def run(args) -> int:
     if args.assignments:
         task = task.edited(parse_assignments(args.assignments))
     if args.match:
-        task = _match(task, args.match, args.pixel_size_um)
+        task = _match(task, args.match, args.pixel_size_um, args.match_channel, args.match_overrides)
     stop = StopFlag()
 
     def on_sigint(signum, frame):
