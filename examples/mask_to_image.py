@@ -29,12 +29,11 @@ from _common import Reporter, base_parser
 
 from napari_deeptrack.analysis.calibrate import compare_statistics
 from napari_deeptrack.analysis.metrics import image_metrics
-from napari_deeptrack.sim import normalize_images
+from napari_deeptrack.sim import GeneratorOptics, normalize_images, semantic_mask, to_signed
 from napari_deeptrack.tasks import get_preset
 from napari_deeptrack.tasks.presets_cells import cells_pipeline
-from napari_deeptrack.tasks.presets_gan import GeneratorOptics, RealPairCrops, semantic_mask, to_signed
 from napari_deeptrack.train import train_task
-from napari_deeptrack.train.data import ValidationSet
+from napari_deeptrack.train.data import RealPairCrops, ValidationSet
 
 CASE = "mask-to-image"
 HELD_OUT = 2  # the last two images (by counts.csv order) are never trained on

@@ -9,14 +9,10 @@ import numpy as np
 import torch
 
 from napari_deeptrack.analysis.crlb import crlb_for_optics
-from napari_deeptrack.sim import MieSphere, Particles
+from napari_deeptrack.sim import ComplexIndex, MieSphere, Particles
 from napari_deeptrack.sim.serialize import from_dict, to_dict
 from napari_deeptrack.tasks import get_preset
-from napari_deeptrack.tasks.presets_brightfield import (
-    ComplexIndex,
-    brightfield_optics,
-    brightfield_pipeline,
-)
+from napari_deeptrack.tasks.presets_brightfield import brightfield_optics, brightfield_pipeline
 
 SIZE = 51
 C = (SIZE - 1) / 2.0

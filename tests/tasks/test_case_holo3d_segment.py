@@ -19,12 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_deeptrack.sim import CellBody, Particles, Pipeline, Uniform
+from napari_deeptrack.sim import BoundaryClasses, CellBody, Particles, Pipeline, Uniform, boundary_classes
 from napari_deeptrack.sim.optics.fluorescence import Fluorescence
 from napari_deeptrack.sim.scene import Scene
 from napari_deeptrack.sim.targets import InstanceLabels
 from napari_deeptrack.tasks import get_preset
-from napari_deeptrack.tasks.presets_cells import BoundaryClasses, boundary_classes
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

@@ -17,11 +17,17 @@ import pytest
 import torch
 
 from napari_deeptrack.nn import build_model
-from napari_deeptrack.sim import from_json, normalize_images, to_json
+from napari_deeptrack.sim import (
+    GeneratorOptics,
+    NormalizeWithTarget,
+    from_json,
+    normalize_images,
+    semantic_mask,
+    to_json,
+)
 from napari_deeptrack.tasks import get_preset
 from napari_deeptrack.tasks.presets_cells import cells_pipeline
-from napari_deeptrack.tasks.presets_gan import GeneratorOptics, RealPairCrops, semantic_mask
-from napari_deeptrack.tasks.presets_restore import NormalizeWithTarget
+from napari_deeptrack.train.data import RealPairCrops
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

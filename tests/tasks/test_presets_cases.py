@@ -71,7 +71,8 @@ def test_preset_simulates_and_model_runs(name):
 def test_digit_splits_are_disjoint_stratified_and_render_the_real_digits():
     from sklearn.datasets import load_digits
 
-    from napari_deeptrack.tasks.presets_digits import _split_indices, digits_pipeline
+    from napari_deeptrack.sim.digits import _split_indices
+    from napari_deeptrack.tasks.presets_digits import digits_pipeline
 
     idx = _split_indices(0.25, 0.1, 0)
     tr, va, te = (set(idx[k].tolist()) for k in ("train", "val", "test"))

@@ -23,7 +23,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
-    return json.dumps(v) if isinstance(v, dict | list) else str(v)
+    return json.dumps(v, default=repr) if isinstance(v, dict | list) else str(v)
 
 
 def overfitting_note(history: dict) -> str | None:

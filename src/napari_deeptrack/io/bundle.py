@@ -552,9 +552,7 @@ def load_bundle(
         state = st_load(weights)
     except Exception as exc:  # noqa: BLE001 - safetensors' own errors for a corrupt file
         raise BundleError(f"{path}/{WEIGHTS_NAME} is corrupt: {exc}") from None
-    from ..tasks.registry import list_presets
-
-    list_presets()  # (case-studies helper) import tasks/presets_*.py: their classes appear in tasks
+    # every serialisable class, Task included, lives in sim: decoding needs nothing above io
     try:
         task = from_dict(cfg["task"])
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:

@@ -259,8 +259,84 @@ class Normalize(Transform):
         return batch
 
 
+@register
+@dataclass
+class IlluminationPhotons(Transform):
+    """Scale a coherent image (1 = the illumination) to photons: ``N`` photons per pixel of illumination.
+
+    Parameters
+    ----------
+    photons_per_px : float or Distribution
+        Detected illumination photons per camera pixel (> 0), drawn per image and stored as
+        ``illumination_photons`` in ``scene.image_params``. Follow it with ``Poisson()``.
+    """
+
+    photons_per_px: ParamLike = 100.0
+
+    def __post_init__(self):
+        check_range("photons_per_px", self.photons_per_px, 0.0, None, low_inclusive=False)
+
+    def __call__(self, batch: SimBatch, generator: torch.Generator) -> SimBatch:
+        img = batch.image
+        n = sample(self.photons_per_px, (img.shape[0],), generator, device=img.device)
+        batch.scene.image_params["illumination_photons"] = n
+        batch.image = img * n.reshape(-1, *([1] * (img.dim() - 1)))
+        return batch
+
+
+@register
+@dataclass
+class NormalizeWithTarget(Transform):
+    """Percentile-normalise the image and divide a target by the same per-image factor.
+
+    ``image -> (image - p_low) / (p_high - p_low)`` per image and channel, exactly
+    :func:`~napari_deeptrack.sim.normalize_images` (so the same as the task's input normalisation at
+    inference), and ``target -> target / (p_high - p_low)``: a noise-free, background-free target in
+    photons ends up in the units of the normalised input. Put it last in the transforms.
+
+    Parameters
+    ----------
+    target : str
+        Key of the pipeline target to rescale.
+    low, high : float
+        Percentiles (``0 <= low < high <= 100``), as for ``normalize_images``.
+    """
+
+    target: str = "clean"
+    low: float = 1.0
+    high: float = 99.8
+
+    def __post_init__(self):
+        check_range("low", self.low, 0.0, 100.0)
+        check_range("high", self.high, 0.0, 100.0)
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
+
+    def __call__(self, batch: SimBatch, generator: torch.Generator) -> SimBatch:
+        if self.target not in batch.targets:
+            raise ValueError(
+                f"NormalizeWithTarget: no target {self.target!r}; targets: {sorted(batch.targets)}"
+            )
+        x = batch.image.float()
+        xn = normalize_images(x, "percentile", self.low, self.high)
+        # normalize_images is affine per image and channel: its factor is the ratio of the spreads
+        sd_x, sd_n = x.std(dim=(-2, -1), keepdim=True), xn.std(dim=(-2, -1), keepdim=True)
+        scale = torch.where(sd_n > 0, sd_x / sd_n.clamp_min(1e-30), torch.full_like(sd_x, 1e-6))
+        y = batch.targets[self.target]
+        batch.image = xn
+        if y.dim() != scale.dim() or y.shape[1] not in (1, scale.shape[1]):
+            raise ValueError(
+                f"NormalizeWithTarget: target {self.target!r} of shape {tuple(y.shape)} does not match "
+                f"the image {tuple(x.shape)} ([B, C, H, W] with 1 or C channels)"
+            )
+        batch.targets[self.target] = y / scale
+        return batch
+
+
 __all__ = [
     "Background",
+    "IlluminationPhotons",
+    "NormalizeWithTarget",
     "Camera",
     "NORMALIZE_MODES",
     "Normalize",

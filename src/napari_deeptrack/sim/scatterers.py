@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .params import ParamLike, Uniform, check_range, sample
+from .params import Distribution, ParamLike, Uniform, check_range, sample, support
 from .pipeline import Scatterer
 from .scene import Scene
 from .serialize import register
@@ -373,8 +373,41 @@ class CellBody(Scatterer):
         return inside * torch.clamp(1 + self.texture * t / math.sqrt(w / 2), min=0.05)
 
 
+@register
+@dataclass
+class ComplexIndex(Distribution):
+    """A complex refractive index ``n + ik`` whose real and imaginary parts are drawn independently.
+
+    Parameters
+    ----------
+    real : float or Distribution
+        Real part ``n`` (> 0).
+    imag : float or Distribution
+        Absorption ``k`` (>= 0).
+
+    ``sample`` returns a complex64 tensor; :meth:`support` is the range of the real part (what the
+    scatterers check).
+    """
+
+    real: ParamLike = 1.45
+    imag: ParamLike = 0.0
+
+    def __post_init__(self):
+        check_range("real", self.real, 0.0, None, low_inclusive=False)
+        check_range("imag", self.imag, 0.0, None)
+
+    def sample(self, shape, generator=None, device=None, context=None):
+        re = sample(self.real, shape, generator, device)
+        im = sample(self.imag, shape, generator, device)
+        return torch.complex(re.float(), im.float())
+
+    def support(self):
+        return support(self.real)
+
+
 __all__ = [
     "CellBody",
+    "ComplexIndex",
     "Ellipse",
     "Ellipsoid",
     "PointParticle",

@@ -146,8 +146,12 @@ def to_dict(obj: Any) -> Any:
 
 
 def from_dict(data: Any) -> Any:
-    """Rebuild a tree of registered dataclasses from :func:`to_dict` output."""
-    _ensure_all_registered()
+    """Rebuild a tree of registered dataclasses from :func:`to_dict` output.
+
+    The one decoder of configurations (task files, bundles, the Simulate widget's JSON, tests). Every
+    serialisable class lives in ``napari_deeptrack.sim`` and the package imports all its modules, so
+    whatever imports this module can decode any configuration.
+    """
     from ..errors import ConfigError, DeepTrackError
 
     _check_depth(data)
@@ -256,18 +260,3 @@ def to_python(obj: Any, name: str = "pipeline") -> str:
         lines.append(f"from {mod} import {', '.join(names)}")
     lines += ["", f"{name} = {_py(obj, 0)}", ""]
     return "\n".join(lines)
-
-
-def _ensure_all_registered() -> None:
-    """Import the modules that define registered classes so that any config can be decoded."""
-    import importlib
-
-    for mod in (
-        "napari_deeptrack.sim",
-        "napari_deeptrack.tasks",
-    ):
-        try:
-            importlib.import_module(mod)
-        except ImportError as exc:  # pragma: no cover - only while a module is being written
-            if "napari_deeptrack" not in str(exc):
-                raise

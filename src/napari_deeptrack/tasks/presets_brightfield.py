@@ -21,13 +21,11 @@ trained only on simulated images whose parameters vary around the expected ones.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
-
 from ..sim import (
     Brightfield,
     Camera,
+    ComplexIndex,
+    IlluminationPhotons,
     LogUniform,
     MieSphere,
     Particles,
@@ -37,9 +35,8 @@ from ..sim import (
     RegressionVector,
     Uniform,
 )
-from ..sim.params import Distribution, ParamLike, check_range, sample, support
-from ..sim.pipeline import SimBatch, Transform
-from ..sim.serialize import register
+from ..sim.params import ParamLike, check_range
+from ..sim.pipeline import Transform
 from .base import Task
 from .presets_particles import offset_localization_task
 from .registry import register_preset
@@ -66,63 +63,6 @@ N_MEDIUM = 1.33
 SIZE = 51
 MAX_OFFSET_PX = 3.0
 ROBUST = {"mode": "robust"}
-
-
-@register
-@dataclass
-class ComplexIndex(Distribution):
-    """A complex refractive index ``n + ik`` whose real and imaginary parts are drawn independently.
-
-    Parameters
-    ----------
-    real : float or Distribution
-        Real part ``n`` (> 0).
-    imag : float or Distribution
-        Absorption ``k`` (>= 0).
-
-    ``sample`` returns a complex64 tensor; :meth:`support` is the range of the real part (what the
-    scatterers check).
-    """
-
-    real: ParamLike = 1.45
-    imag: ParamLike = 0.0
-
-    def __post_init__(self):
-        check_range("real", self.real, 0.0, None, low_inclusive=False)
-        check_range("imag", self.imag, 0.0, None)
-
-    def sample(self, shape, generator=None, device=None, context=None):
-        re = sample(self.real, shape, generator, device)
-        im = sample(self.imag, shape, generator, device)
-        return torch.complex(re.float(), im.float())
-
-    def support(self):
-        return support(self.real)
-
-
-@register
-@dataclass
-class IlluminationPhotons(Transform):
-    """Scale a coherent image (1 = the illumination) to photons: ``N`` photons per pixel of illumination.
-
-    Parameters
-    ----------
-    photons_per_px : float or Distribution
-        Detected illumination photons per camera pixel (> 0), drawn per image and stored as
-        ``illumination_photons`` in ``scene.image_params``. Follow it with ``Poisson()``.
-    """
-
-    photons_per_px: ParamLike = 100.0
-
-    def __post_init__(self):
-        check_range("photons_per_px", self.photons_per_px, 0.0, None, low_inclusive=False)
-
-    def __call__(self, batch: SimBatch, generator: torch.Generator) -> SimBatch:
-        img = batch.image
-        n = sample(self.photons_per_px, (img.shape[0],), generator, device=img.device)
-        batch.scene.image_params["illumination_photons"] = n
-        batch.image = img * n.reshape(-1, *([1] * (img.dim() - 1)))
-        return batch
 
 
 def brightfield_optics(illumination_intensity: float = 1.0) -> Brightfield:

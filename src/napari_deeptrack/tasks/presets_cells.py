@@ -17,15 +17,11 @@ PSF is sampled at pixel centres (``oversample=1``) for speed.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
-
-import torch
-
 from ..sim import (
     Background,
+    BoundaryClasses,
     CellBody,
-    DensityMap,
+    CentredDensityMap,
     Fluorescence,
     IntUniform,
     LogUniform,
@@ -35,11 +31,7 @@ from ..sim import (
     Poisson,
     Uniform,
 )
-from ..sim.params import check_range
-from ..sim.pipeline import Target
-from ..sim.scene import Scene
-from ..sim.serialize import register
-from ..sim.targets import InstanceLabels, in_frame
+from ..sim.targets import boundary_classes
 from .base import Task
 from .registry import register_preset
 
@@ -58,7 +50,7 @@ def _widefield_optics(pixel_size_um: float) -> Fluorescence:
 
 __all__ = [
     "CELLS_PIXEL_SIZE_UM",
-    "BoundaryClasses",
+    "BoundaryClasses",  # lives in sim.targets (re-exported for existing scripts)
     "boundary_classes",
     "CentredDensityMap",
     "cells_count",
@@ -68,100 +60,6 @@ __all__ = [
 
 CELLS_PIXEL_SIZE_UM = 0.65
 PERCENTILE = {"mode": "percentile", "low": 1.0, "high": 99.8}
-
-
-@register
-@dataclass
-class CentredDensityMap(Target):
-    """Density map ``[B, 1, H, W]`` that counts exactly the nuclei whose centre lies in the frame.
-
-    Each nucleus centred in the frame adds a Gaussian of ``sigma_px`` normalised over the frame (so it
-    counts 1 however much of it is cut off); nuclei centred outside the frame add nothing, even when
-    part of them is visible. The integral is then :class:`~napari_deeptrack.sim.Counts`, the rule used
-    to count real tiles (a nucleus belongs to the tile holding its centroid), so counts of the tiles of
-    an image add up to the image's count. (``DensityMap(normalize="frame")`` would add the visible
-    fraction of the Gaussians of nuclei centred outside: about +0.5 nuclei per 128 x 128 tile here.)
-
-    ``scale`` multiplies the map (its integral is ``scale`` x count): a 10-px Gaussian peaks at 1.6e-3,
-    too small for a network to reproduce its zero background precisely enough that 16 000 background
-    pixels add up to much less than one nucleus; ``scale = 100`` brings the peak to 0.16. Divide
-    integrals by ``scale`` to get counts.
-    """
-
-    sigma_px: float = 10.0
-    scale: float = 1.0
-
-    def __post_init__(self):
-        DensityMap(sigma_px=self.sigma_px)  # validates sigma_px
-        check_range("scale", self.scale, 0.0, None, low_inclusive=False)
-
-    def __call__(self, scene: Scene) -> torch.Tensor:
-        inside = in_frame(scene.position[..., :2], scene.image_shape)
-        dens = DensityMap(sigma_px=self.sigma_px, normalize="frame")(
-            replace(scene, present=scene.present & inside)
-        )
-        return dens * float(self.scale)
-
-
-@register
-@dataclass
-class BoundaryClasses(Target):
-    """Three-class map ``[B, 1, H, W]`` int64: 0 background, 1 object interior, 2 object boundary.
-
-    Objects are the :class:`~napari_deeptrack.sim.targets.InstanceLabels` of the scene (so a
-    :class:`~napari_deeptrack.sim.CellBody` nucleus follows its own irregular outline, exactly as it
-    is rendered). A labelled pixel is boundary when a pixel within ``boundary_px`` of it (Euclidean
-    disk) carries another label or is background: the outer ``boundary_px`` of every object, and
-    both sides of every contact between touching objects, the usual target for separating touching
-    nuclei. The image border is not a boundary (nuclei cut by it keep their interior up to it).
-
-    Parameters
-    ----------
-    pixel_size_um : float
-        Sample-plane pixel size (the optics').
-    boundary_px : float
-        Width of the boundary class.
-    """
-
-    pixel_size_um: float = 0.65
-    boundary_px: float = 2.0
-
-    def __post_init__(self):
-        check_range("pixel_size_um", self.pixel_size_um, 0.0, None, low_inclusive=False)
-        check_range("boundary_px", self.boundary_px, 0.0, 10.0)
-
-    def __call__(self, scene: Scene) -> torch.Tensor:
-        lab = InstanceLabels(pixel_size_um=self.pixel_size_um)(scene)  # [B, 1, H, W]
-        return boundary_classes(lab, self.boundary_px)
-
-
-def boundary_classes(labels: torch.Tensor, boundary_px: float = 2.0) -> torch.Tensor:
-    """Instance labels ``[..., H, W]`` (0 background) to classes 0 / 1 interior / 2 boundary.
-
-    A labelled pixel is boundary when a pixel within ``boundary_px`` (Euclidean disk) carries
-    another label or is background; the image border is not a boundary (replicate padding). Used by
-    :class:`BoundaryClasses` on simulated scenes and applicable to real instance labels.
-    """
-    check_range("boundary_px", boundary_px, 0.0, 10.0)
-    lab = torch.as_tensor(labels).long()
-    r = float(boundary_px)
-    half = int(math.floor(r))
-    h, w = lab.shape[-2:]
-    core = lab > 0
-    if half > 0:
-        flat = lab.reshape(-1, 1, h, w).double()
-        padded = (
-            torch.nn.functional.pad(flat, (half,) * 4, mode="replicate")
-            .long()
-            .reshape(*lab.shape[:-2], h + 2 * half, w + 2 * half)
-        )
-        for dy in range(-half, half + 1):  # a dozen disk offsets, each a whole-batch comparison
-            for dx in range(-half, half + 1):
-                if (dy or dx) and dy * dy + dx * dx <= r * r:
-                    shifted = padded[..., half + dy : half + dy + h, half + dx : half + dx + w]
-                    core &= shifted == lab
-    cls = torch.where(lab > 0, torch.full_like(lab, 2), torch.zeros_like(lab))
-    return torch.where(core, torch.ones_like(cls), cls)
 
 
 def cells_pipeline(image_shape: tuple[int, int] = (128, 128), max_count: int = 14, targets=None) -> Pipeline:

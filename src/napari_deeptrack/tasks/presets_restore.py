@@ -23,118 +23,26 @@ against the truth *and* against the raw input, and look at an ensemble's disagre
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-import torch
-
 from ..sim import (
     Background,
+    CleanImage,
     Ellipse,
     Fluorescence,
     IntUniform,
     LogUniform,
+    NormalizeWithTarget,
     Particles,
     Pipeline,
     PointParticle,
     Poisson,
     Uniform,
 )
-from ..sim.noise import normalize_images
-from ..sim.params import check_range
-from ..sim.pipeline import Optics, Scatterer, SimBatch, Target, Transform
-from ..sim.scene import Scene
-from ..sim.serialize import register
 from .base import Task
 from .registry import register_preset
 
 __all__ = ["CleanImage", "NormalizeWithTarget", "restore", "restore_pipeline"]
 
 PIXEL_SIZE_UM = 0.08
-
-
-@register
-@dataclass
-class CleanImage(Target):
-    """The scene imaged through ``optics`` without background or noise: ``[B, C, H, W]`` float32.
-
-    ``scatterers`` must list the pipeline's scatterers in the order of its populations (the scene's
-    ``kind`` indexes them). Optics with random aberrations are rendered with a fixed generator seed,
-    so the target never consumes the pipeline's random numbers.
-
-    Parameters
-    ----------
-    optics : Optics
-        The ideal microscope (e.g. a higher-NA :class:`~napari_deeptrack.sim.Fluorescence`).
-    scatterers : list of Scatterer
-        The pipeline's scatterers, one per population.
-    scale : str
-        ``"max"``: divide each image by its maximum (images without particles stay 0); ``"none"``.
-    """
-
-    optics: Optics
-    scatterers: list[Scatterer] = field(default_factory=list)
-    scale: str = "max"
-
-    def __post_init__(self):
-        if self.scale not in ("max", "none"):
-            raise ValueError(f"scale must be 'max' or 'none', got {self.scale!r}")
-
-    def __call__(self, scene: Scene) -> torch.Tensor:
-        g = torch.Generator(device=scene.device).manual_seed(0)
-        img = self.optics.render(scene, list(self.scatterers), g).float()
-        if self.scale == "max":
-            peak = img.amax(dim=(-2, -1), keepdim=True)
-            img = torch.where(peak > 0, img / peak.clamp_min(1e-12), torch.zeros_like(img))
-        return img
-
-
-@register
-@dataclass
-class NormalizeWithTarget(Transform):
-    """Percentile-normalise the image and divide a target by the same per-image factor.
-
-    ``image -> (image - p_low) / (p_high - p_low)`` per image and channel, exactly
-    :func:`~napari_deeptrack.sim.normalize_images` (so the same as the task's input normalisation at
-    inference), and ``target -> target / (p_high - p_low)``: a noise-free, background-free target in
-    photons ends up in the units of the normalised input. Put it last in the transforms.
-
-    Parameters
-    ----------
-    target : str
-        Key of the pipeline target to rescale.
-    low, high : float
-        Percentiles (``0 <= low < high <= 100``), as for ``normalize_images``.
-    """
-
-    target: str = "clean"
-    low: float = 1.0
-    high: float = 99.8
-
-    def __post_init__(self):
-        check_range("low", self.low, 0.0, 100.0)
-        check_range("high", self.high, 0.0, 100.0)
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
-
-    def __call__(self, batch: SimBatch, generator: torch.Generator) -> SimBatch:
-        if self.target not in batch.targets:
-            raise ValueError(
-                f"NormalizeWithTarget: no target {self.target!r}; targets: {sorted(batch.targets)}"
-            )
-        x = batch.image.float()
-        xn = normalize_images(x, "percentile", self.low, self.high)
-        # normalize_images is affine per image and channel: its factor is the ratio of the spreads
-        sd_x, sd_n = x.std(dim=(-2, -1), keepdim=True), xn.std(dim=(-2, -1), keepdim=True)
-        scale = torch.where(sd_n > 0, sd_x / sd_n.clamp_min(1e-30), torch.full_like(sd_x, 1e-6))
-        y = batch.targets[self.target]
-        batch.image = xn
-        if y.dim() != scale.dim() or y.shape[1] not in (1, scale.shape[1]):
-            raise ValueError(
-                f"NormalizeWithTarget: target {self.target!r} of shape {tuple(y.shape)} does not match "
-                f"the image {tuple(x.shape)} ([B, C, H, W] with 1 or C channels)"
-            )
-        batch.targets[self.target] = y / scale
-        return batch
 
 
 def restore_pipeline(image_shape: tuple[int, int] = (64, 64)) -> Pipeline:

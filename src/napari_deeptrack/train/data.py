@@ -15,12 +15,15 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..sim.optics.generator import add_mask_noise
+from ..sim.params import Uniform, check_range
 from ..sim.pipeline import Pipeline
 from ..sim.scene import Scene
 from .seeding import TRAIN_STREAM, VALIDATION_STREAM, derive_seed, make_generator
 
 __all__ = [
     "ArrayDataset",
+    "RealPairCrops",
     "OnlineDataset",
     "ReplayBuffer",
     "ValidationSet",
@@ -379,3 +382,53 @@ def targets_from_points(task, points, image_shape: tuple[int, int]) -> torch.Ten
             scene.position[i, : len(p), : p.shape[1]] = p
             scene.present[i, : len(p)] = True
     return task.pipeline.targets[task.target](scene)
+
+
+class RealPairCrops(IterableDataset):
+    """Random crops of real (mask, image) pairs with flips / 90-degree rotations and mask noise.
+
+    Yields ``(mask [B, 1, S, S], image [B, 1, S, S])`` batches, both in [-1, 1] (masks from
+    :func:`semantic_mask` plus per-image noise of std ``noise_std``). Crop positions, augmentations
+    and noise come from one seeded generator; crops are gathered for the whole batch at once.
+
+    Parameters
+    ----------
+    masks, images : Tensor [N, 1, H, W]
+        Semantic masks and signed images (:func:`to_signed`).
+    crop_px, batch_size, steps : int
+        Crop size, images per batch, batches in all.
+    """
+
+    def __init__(self, masks, images, crop_px=64, batch_size=8, steps=100, seed=0, noise_std=None):
+        super().__init__()
+        self.masks, self.images = torch.as_tensor(masks).float(), torch.as_tensor(images).float()
+        if self.masks.shape != self.images.shape or self.masks.dim() != 4:
+            raise ValueError(f"masks and images must both be [N, 1, H, W], got {tuple(self.masks.shape)}")
+        h, w = self.masks.shape[-2:]
+        check_range("crop_px", crop_px, 8, min(h, w))
+        self.crop_px, self.batch_size, self.steps, self.seed = int(crop_px), int(batch_size), int(steps), seed
+        self.noise_std = Uniform(0.0, 0.1) if noise_std is None else noise_std
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(int(self.seed))
+        n, _, h, w = self.masks.shape
+        s, b = self.crop_px, self.batch_size
+        ar = torch.arange(s)
+        for _ in range(self.steps):
+            idx = torch.randint(0, n, (b,), generator=g)
+            y0 = torch.randint(0, h - s + 1, (b,), generator=g)
+            x0 = torch.randint(0, w - s + 1, (b,), generator=g)
+            iy = (y0[:, None] + ar)[:, :, None].expand(b, s, s)
+            ix = (x0[:, None] + ar)[:, None, :].expand(b, s, s)
+            both = torch.stack(
+                [self.masks[idx[:, None, None], 0, iy, ix], self.images[idx[:, None, None], 0, iy, ix]], 1
+            )
+            flip = torch.rand(b, 3, generator=g) < 0.5
+            both = torch.where(flip[:, 0, None, None, None], both.flip(-1), both)
+            both = torch.where(flip[:, 1, None, None, None], both.flip(-2), both)
+            both = torch.where(flip[:, 2, None, None, None], both.transpose(-1, -2), both)
+            mask = add_mask_noise(both[:, :1].contiguous(), self.noise_std, g)
+            yield mask, both[:, 1:].contiguous()
