@@ -4,6 +4,7 @@
 import json
 import zipfile
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -98,3 +99,69 @@ def test_export_bioimageio_command(tmp_path, capsys, one_torch_thread):
         assert b"A. Person" in zf.read("rdf.yaml")
     assert main(["export-bioimageio", str(tmp_path / "b"), str(tmp_path / "m.txt")]) == 2
     assert ".zip" in capsys.readouterr().err
+
+
+def _pass_through_bundle(tmp_path):
+    """A detection bundle whose depth-0 U-Net maps an image x to sigmoid(8 relu(x) - 4) (hand-set)."""
+    from napari_deeptrack.io.bundle import save_bundle
+    from napari_deeptrack.nn import build_model
+    from napari_deeptrack.sim import DiskMask, Fluorescence, Particles, Pipeline, PointParticle
+    from napari_deeptrack.tasks.base import Task
+
+    pipe = Pipeline(
+        image_shape=(32, 32),
+        particles=[Particles(PointParticle(), count=2)],
+        optics=Fluorescence(NA=1.2, wavelength_um=0.6, pixel_size_um=0.1),
+        targets={"t": DiskMask(radius_px=3)},
+    )
+    task = Task(name="pass", kind="detection", description="test", pipeline=pipe, target="t",
+                model={"type": "UNet", "in_channels": 1, "out_channels": 1, "depth": 0, "base_channels": 2,
+                       "norm": "none", "convs_per_block": 1},
+                input_normalization={"mode": "none"}, postprocess={"activation": "sigmoid", "threshold": 0.5},
+                pixel_size_um=0.1)  # fmt: skip
+    model = build_model(task.model)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        for conv in convs:
+            conv.weight.zero_()
+            conv.bias.zero_()
+            k = conv.weight.shape[-1] // 2
+            conv.weight[0, 0, k, k] = 1.0
+        convs[-1].weight[0, 0, 0, 0] = 8.0
+        convs[-1].bias[0] = -4.0
+    return save_bundle(tmp_path / "bundle", model.eval(), task)
+
+
+def test_apply_runs_a_bioimageio_package_and_writes_trackmate(tmp_path, capsys, one_torch_thread):
+    from napari_deeptrack.io.bioimageio import export_bioimageio, load_model
+    from napari_deeptrack.io.tables import read_results_csv
+    from napari_deeptrack.io.tiff import write_tiff
+
+    bundle_path = _pass_through_bundle(tmp_path)
+    yy, xx = np.mgrid[:40, :48]
+    frames = []
+    for f in range(3):
+        img = np.zeros((40, 48), np.float32)
+        for cy, cx in ((10 + f, 10), (28, 30 + f)):
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 9] = 1.0
+        frames.append(img)
+    write_tiff(tmp_path / "stack.tif", np.stack(frames), pixel_size_um=0.1)
+    pkg = export_bioimageio(load_model(bundle_path), tmp_path / "pkg.zip", test_image=frames[0][:32, :32])
+    outs = {}
+    for name, model in (("bundle", bundle_path), ("package", pkg)):
+        out = tmp_path / name / "res.csv"
+        args = ["apply", str(model), str(tmp_path / "stack.tif"), "--out", str(out), "--link"]
+        assert main([*args, "--frame-interval-s", "0.5", "--format", "trackmate"]) == 0, (
+            capsys.readouterr().err
+        )
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["trackmate"] == str(out.with_suffix(".xml")) and summary["tracks"] == 2
+        assert check_trackmate_structure(out.with_suffix(".xml")) == []
+        outs[name] = read_results_csv(out)
+    pd.testing.assert_frame_equal(outs["package"], outs["bundle"], atol=1e-5)
+    tm, meta = read_trackmate(tmp_path / "package" / "res.xml")
+    assert meta["frame_interval_s"] == 0.5 and meta["pixel_size_um"] == pytest.approx(0.1) and len(tm) == 6
+    rc = main(
+        ["apply", str(pkg), str(tmp_path / "stack.tif"), "--out", str(tmp_path / "x.csv"), "--format", "ctc"]
+    )
+    assert rc == 2 and "--link" in capsys.readouterr().err

@@ -26,7 +26,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="run a trained model bundle on images and write a results CSV",
         description="Apply a trained bundle to a TIFF stack, an image file or a folder of frames.",
     )
-    p.add_argument("bundle", help="model bundle (folder or .zip) from `napari-deeptrack train`")
+    p.add_argument(
+        "bundle", help="model bundle (folder or .zip) from `napari-deeptrack train`, or a bioimage.io package"
+    )
     p.add_argument("image", help="TIFF stack, PNG/TIFF file or folder of frames")
     p.add_argument("--out", required=True, metavar="RESULTS.csv", help="results CSV")
     p.add_argument(
@@ -37,6 +39,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="detection threshold in (0, 1] (default: the task's)",
     )
     p.add_argument("--link", action="store_true", help="link detections over frames into tracks (trackpy)")
+    p.add_argument(
+        "--format",
+        choices=("csv", "trackmate", "ctc", "trackpy"),
+        default="csv",
+        help="with --link, also write the tracks as TrackMate XML (RESULTS.xml), a Cell Tracking Challenge "
+        "folder (RESULTS_ctc/) or trackpy's layout (RESULTS_trackpy.csv)",
+    )
     p.add_argument(
         "--search-range-px",
         type=float,
@@ -88,7 +97,7 @@ def _finite(x):
 def run(args) -> int:
     from ..analysis.predict import predict
     from ..io.atomic import atomic_write_text
-    from ..io.bundle import load_bundle
+    from ..io.bioimageio import load_model
     from ..io.images import read_images
     from ..io.tables import write_counts_csv, write_results_csv
 
@@ -100,6 +109,8 @@ def run(args) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {v}")
     if args.memory is not None and args.memory < 0:
         raise ValueError(f"--memory must be >= 0, got {args.memory}")
+    if getattr(args, "format", "csv") != "csv" and not args.link:
+        raise ValueError(f"--format {args.format} writes tracks: add --link")
     # validate every output path and the device before reading or writing anything (issue 14)
     from ..io.atomic import check_output_file
     from ..train.seeding import resolve_device
@@ -110,7 +121,7 @@ def run(args) -> int:
     if args.counts_out:
         check_output_file(args.counts_out, "--counts-out", (".csv",))
     resolve_device(args.device)
-    bundle = load_bundle(args.bundle, device=args.device)
+    bundle = load_model(args.bundle, device=args.device)  # bundle or bioimage.io package
     images, meta = read_images(args.image, channel=args.channel, allow_partial=args.allow_partial)
     for note in meta["notes"]:
         print(f"note: {note}", file=sys.stderr)
@@ -169,5 +180,21 @@ def run(args) -> int:
         props_path = Path(args.out).with_name(Path(args.out).stem + "_properties.csv")
         atomic_write_text(props_path, res.track_properties.to_csv(index=False, float_format="%.6g"))
         summary["properties_table"] = str(props_path)
+    if getattr(args, "format", "csv") != "csv":  # tracks for TrackMate, the CTC tools or trackpy
+        from .export import track_output_path, write_tracks
+
+        tracks = res.detections
+        if "track_id" not in tracks:  # no detection at all: nothing was linked
+            tracks = tracks.assign(track_id=np.zeros(len(tracks), np.int64))
+        summary[args.format] = str(
+            write_tracks(
+                tracks,
+                track_output_path(args.out, args.format),
+                args.format,
+                px or trained_px,
+                args.frame_interval_s or 1.0,
+                image_shape=images.shape[-2:],
+            )
+        )
     print(json.dumps(summary))
     return 0

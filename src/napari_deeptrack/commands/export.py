@@ -126,6 +126,18 @@ def _export_tracks(args) -> int:
     return 0
 
 
+def track_output_path(results_csv, fmt: str):
+    """Where ``apply --format FMT`` writes the tracks, next to the results CSV."""
+    from pathlib import Path
+
+    out = Path(results_csv)
+    return {
+        "trackmate": out.with_suffix(".xml"),
+        "ctc": out.with_name(out.stem + "_ctc"),
+        "trackpy": out.with_name(out.stem + "_trackpy.csv"),
+    }[fmt]
+
+
 def write_tracks(
     df,
     out,

@@ -49,7 +49,9 @@ __all__ = [
     "DEEPTRACK_CITATION",
     "FORMAT_VERSION",
     "export_bioimageio",
+    "is_bioimageio_package",
     "load_bioimageio",
+    "load_model",
     "read_rdf",
 ]
 
@@ -801,3 +803,31 @@ def _size_step(space: list[dict]) -> int:
             step = max(step, int(s["step"]), int(s.get("min", 1)))
     # run_model pads to a multiple of 2**depth: use the next power of two of the step
     return 1 << max(0, int(np.ceil(np.log2(step))))
+
+
+def is_bioimageio_package(path: str | Path) -> bool:
+    """True for a folder with ``rdf.yaml`` / ``bioimageio.yaml`` or a zip holding one at its top level."""
+    path = Path(path)
+    if path.is_dir():
+        return any((path / n).is_file() for n in (RDF_NAME, "bioimageio.yaml"))
+    if path.is_file() and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+        return bool(names & {RDF_NAME, "bioimageio.yaml"}) and "config.json" not in names
+    return False
+
+
+def load_model(path: str | Path, device: str = "cpu"):
+    """A napari-deeptrack bundle or a bioimage.io package, as a :class:`~napari_deeptrack.io.bundle.Bundle`.
+
+    What Apply (command line and widget) calls, so both run bioimage.io packages whose axes fit a
+    task kind (see :func:`load_bioimageio`). ONNX packages run on the CPU.
+    """
+    from .bundle import load_bundle
+
+    if is_bioimageio_package(path):
+        b = load_bioimageio(path)
+        if not isinstance(b.model, _OnnxModule):
+            b.model.to(device)
+        return b
+    return load_bundle(path, device=device)
