@@ -131,10 +131,11 @@ class ApplyWidget(Container):
     # ------------------------------------------------------------------ model
     def load_bundle(self, path: str | Path | None = None):
         """Load a bundle file (validated; a clear notification when it is not one)."""
-        from ..io.bundle import load_bundle
+        from ..io.bioimageio import load_model as load_bundle  # a bundle or a bioimage.io package
 
         path = Path(path) if path is not None else Path(self.bundle_path.value)
-        if not str(path) or not path.exists() or path.is_dir() and not (path / "config.json").exists():
+        is_model_dir = any((path / n).exists() for n in ("config.json", "rdf.yaml"))
+        if not str(path) or not path.exists() or path.is_dir() and not is_model_dir:
             return None
         try:
             bundle = load_bundle(path)
