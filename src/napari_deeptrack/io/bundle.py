@@ -450,7 +450,11 @@ def _read_members(path: Path) -> tuple[bytes, bytes | None]:
                 if len(data) > limit:
                     raise _too_big(name, len(data), limit, path)
                 out[name] = data
-    except (zipfile.BadZipFile, EOFError, NotImplementedError, zlib.error) as exc:
+    except (zipfile.BadZipFile, EOFError, NotImplementedError, zlib.error, ValueError) as exc:
+        raise BundleError(f"{path} is a corrupt zip file: {exc}") from None
+    except OSError as exc:  # a corrupt central directory makes zipfile seek to invalid offsets
+        if isinstance(exc, PermissionError | FileNotFoundError | IsADirectoryError):
+            raise
         raise BundleError(f"{path} is a corrupt zip file: {exc}") from None
     return out[CONFIG_NAME], out.get(WEIGHTS_NAME)
 
@@ -481,6 +485,8 @@ def _parse_config(raw: bytes, path: Path) -> dict[str, Any]:
             raise BundleError(f"{path}: {CONFIG_NAME} lacks the {key!r} entry")
     if not isinstance(cfg["model"], dict) or not isinstance(cfg["task"], dict):
         raise BundleError(f"{path}: {CONFIG_NAME} 'model' and 'task' must be JSON objects")
+    if not isinstance(cfg.get("weights", {}), dict):
+        raise BundleError(f"{path}: {CONFIG_NAME} 'weights' must be a JSON object")
     return cfg
 
 
