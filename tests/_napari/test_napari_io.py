@@ -100,7 +100,7 @@ def test_manifest_widgets_menus_writers_samples():
     from napari._app_model.constants import MenuId
 
     assert set(menus) <= {str(x) for x in MenuId.contributables()}
-    assert {w.layer_types[0] for w in m.contributions.writers} == {"points", "labels"}
+    assert {w.layer_types[0] for w in m.contributions.writers} == {"points", "labels", "tracks", "image"}
     assert len(m.contributions.sample_data) == 3
 
 
