@@ -55,3 +55,18 @@ def test_image_and_labels_to_ome_tiff(tmp_path):
     )
     back, info = read_ome_tiff(path)
     assert back.dtype == np.uint16 and back[3, 4] == 3 and info["pixel_size_um"] == pytest.approx(0.2)
+
+
+def test_trackmate_xml_opens_as_tracks_and_points(tmp_path):
+    from napari_deeptrack._napari._reader import get_reader
+
+    data = np.array([[0, 0, 5.0, 6.0], [0, 1, 5.5, 6.5], [1, 0, 20.0, 21.0], [1, 1, 21.0, 21.0]])
+    meta = {"scale": [0.5, 0.1, 0.1], "units": ["second", "micrometer", "micrometer"]}
+    (path,) = write_tracks_trackmate(str(tmp_path / "t.xml"), data, meta)
+    (tracks, tk, tkind), (pts, pk, pkind) = get_reader(path)(path)
+    assert (tkind, pkind) == ("tracks", "points") and tk["scale"] == pytest.approx((0.5, 0.1, 0.1))
+    np.testing.assert_allclose(tracks, data)
+    np.testing.assert_allclose(pts, data[:, 1:])
+    assert list(pk["features"]["track_id"]) == [0, 0, 1, 1]
+    (tmp_path / "other.xml").write_text("<root/>")
+    assert get_reader(str(tmp_path / "other.xml")) is None

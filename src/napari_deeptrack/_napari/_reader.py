@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["get_reader", "read_points_csv", "read_tiff"]
+__all__ = ["get_reader", "read_points_csv", "read_tiff", "read_trackmate_xml"]
 
 
 def get_reader(path):
@@ -23,7 +23,36 @@ def get_reader(path):
         return read_tiff
     if p.endswith(".csv") and _is_points_csv(path):
         return read_points_csv
+    if p.endswith(".xml") and _is_trackmate(path):
+        return read_trackmate_xml
     return None
+
+
+def _is_trackmate(path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return b"<TrackMate" in fh.read(4096)
+    except OSError:
+        return False
+
+
+def read_trackmate_xml(path):
+    """Read TrackMate XML files into a Tracks layer and a Points layer (for Review), in physical scale."""
+    from ..io.trackmate import read_trackmate
+
+    paths = path if isinstance(path, list) else [path]
+    layers = []
+    for p in paths:
+        df, meta = read_trackmate(p)
+        px, dt = float(meta["pixel_size_um"]), float(meta["frame_interval_s"] or 1.0)
+        name = Path(p).stem
+        feats = df.drop(columns=["frame", "y", "x"]).reset_index(drop=True)
+        common = {"scale": (dt, px, px), "units": ("second", "um", "um"), "metadata": {"source_path": str(p)}}
+        tracks = df[["track_id", "frame", "y", "x"]].to_numpy(float)
+        layers.append((tracks, {"name": f"{name} tracks", "features": feats, **common}, "tracks"))
+        points = df[["frame", "y", "x"]].to_numpy(float)
+        layers.append((points, {"name": f"{name} spots", "features": feats, **common}, "points"))
+    return layers
 
 
 def _is_points_csv(path) -> bool:
