@@ -55,6 +55,7 @@ __all__ = [
     "ChunkResult",
     "KindRule",
     "kind_rule",
+    "link_detections",
     "linking_settings",
     "PredictionResult",
     "check_images_fit",
@@ -569,13 +570,16 @@ def predict_chunks(
     min_signal: float | None = None,
     test_time_augmentation: str | None = None,
     keep_maps: bool = True,
+    frame_range: tuple[int, int] | None = None,
 ) -> Generator[ChunkResult, None, PredictionResult]:
     """Predict ``images`` chunk by chunk: yield every chunk's thresholded result, return the merged,
     linked :class:`PredictionResult`.
 
     Parameters are those of :func:`predict`, plus ``chunk_frames`` (frames read and run at a time;
     default ``max(64, batch_size)``) and ``keep_maps`` (keep every chunk's output maps in the merged
-    result; switch off to bound memory when streaming long stacks). Only ``images[start:stop]`` of
+    result; switch off to bound memory when streaming long stacks) and ``frame_range`` (only frames
+    ``start:stop`` of the stack, numbered as in the whole stack; label ids start at 1 in every call:
+    what a worker of a distributed run does with its share). Only ``images[start:stop]`` of
     one chunk is in memory at a time, so lazy arrays (dask, zarr, memory maps) are read chunk by
     chunk. Use it as a generator (``for chunk in gen: ...``; the merged result is the
     ``StopIteration`` value, which napari's ``thread_worker`` passes to ``returned``).
@@ -606,8 +610,11 @@ def predict_chunks(
     model.to(dev)
     tables, label_parts, count_parts, map_parts = [], [], [], []
     label_offset = 0
-    for start in range(0, frames.n, chunk):
-        stop = min(start + chunk, frames.n)
+    lo, hi = (0, frames.n) if frame_range is None else (int(frame_range[0]), int(frame_range[1]))
+    if not 0 <= lo < hi <= frames.n:
+        raise ValueError(f"frame_range must lie within 0..{frames.n} and not be empty, got {frame_range}")
+    for start in range(lo, hi, chunk):
+        stop = min(start + chunk, hi)
         x = frames.read(start, stop)
         xn = normalize(x, task.input_normalization)
         if dihedral:
@@ -653,6 +660,8 @@ def predict_chunks(
     det, diffusion, track_props = _link(
         task, det, frames.n, info, link, search_range_px, memory, pixel_size_um, frame_interval_s
     )
+    if frame_range is not None:
+        info["frame_range"] = [lo, hi]
     return PredictionResult(
         kind=task.kind,
         detections=det,
@@ -676,6 +685,29 @@ def linking_settings(
     sr = float(search_range_px if search_range_px is not None else pp.get("search_range_px", 5.0))
     mem = int(memory if memory is not None else pp.get("memory", 0))
     return sr, mem
+
+
+def link_detections(
+    task,
+    detections: pd.DataFrame,
+    n_frames: int,
+    search_range_px: float | None = None,
+    memory: int | None = None,
+    pixel_size_um: float | None = None,
+    frame_interval_s: float | None = None,
+) -> tuple[pd.DataFrame, dict | None, pd.DataFrame | None, dict]:
+    """Link merged, thresholded detections of a whole stack into tracks, as :func:`predict` does with
+    ``link=True`` (for results gathered chunk by chunk: streaming, distributed runs).
+
+    Returns
+    -------
+    (detections with ``track_id``, diffusion or None, per-track properties or None, settings used)
+    """
+    info: dict[str, Any] = {}
+    out = _link(
+        task, detections, n_frames, info, True, search_range_px, memory, pixel_size_um, frame_interval_s
+    )
+    return (*out, info)
 
 
 def _link(task, det, n_frames, info, link, search_range_px, memory, pixel_size_um, frame_interval_s):

@@ -83,6 +83,30 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="frames per forward pass (default 8)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument(
+        "--tile-size",
+        type=int,
+        default=512,
+        metavar="PX",
+        help="frames larger than this run in overlapping tiles",
+    )
+    p.add_argument(
+        "--chunk-frames",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stream the stack N frames at a time, writing results as they finish (resumable: run the "
+        "same command again after an interruption). Implied by a Zarr IMAGE, a .parquet --out, a .zarr "
+        "--labels-out, --scheduler, or a stack larger than the memory budget",
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run the chunks on Dask distributed: 'local' (a LocalCluster) or a scheduler address "
+        "(tcp://host:8786); needs pip install 'napari-deeptrack[distributed]'",
+    )
+    p.add_argument("--workers", type=int, default=2, help="workers of --scheduler local (default 2)")
+    p.add_argument(
         "--allow-partial",
         action="store_true",
         help="read the complete frames of a truncated TIFF (with a warning) instead of refusing it",
@@ -103,6 +127,9 @@ def run(args) -> int:
 
     if args.threshold is not None and not 0 < args.threshold <= 1:
         raise ValueError(f"--threshold must lie in (0, 1], got {args.threshold}")
+    from ..io.starters import check_starter_fits, is_starter, resolve_bundle
+
+    args.bundle = str(resolve_bundle(args.bundle))  # a preset name -> its shipped starter model
     for name in ("pixel_size_um", "frame_interval_s", "search_range_px"):
         v = getattr(args, name)
         if v is not None and not v > 0:
@@ -115,6 +142,9 @@ def run(args) -> int:
     from ..io.atomic import check_output_file
     from ..train.seeding import resolve_device
 
+    if _streamed(args):
+        return _run_streamed(args)
+
     check_output_file(args.out, "--out", (".csv",))
     if args.labels_out:
         check_output_file(args.labels_out, "--labels-out", (".tif", ".tiff"))
@@ -125,6 +155,8 @@ def run(args) -> int:
     images, meta = read_images(args.image, channel=args.channel, allow_partial=args.allow_partial)
     for note in meta["notes"]:
         print(f"note: {note}", file=sys.stderr)
+    if is_starter(args.bundle):
+        check_starter_fits(bundle.task, images)
     px = args.pixel_size_um or meta.get("pixel_size_um")
     trained_px = float(bundle.task.pixel_size_um)
     if px and abs(float(px) - trained_px) > 0.05 * trained_px:
@@ -139,6 +171,7 @@ def run(args) -> int:
         threshold=args.threshold,
         batch_size=args.batch_size,
         device=args.device,
+        tile_size=args.tile_size,
         link=args.link,
         search_range_px=args.search_range_px,
         memory=args.memory,
@@ -197,4 +230,77 @@ def run(args) -> int:
             )
         )
     print(json.dumps(summary))
+    return 0
+
+
+def _streamed(args) -> bool:
+    """Whether to stream the stack chunk by chunk (:func:`napari_deeptrack.analysis.batch.batch_apply`)."""
+    from ..io.lazy import is_lazy_source
+
+    if args.chunk_frames is not None or args.scheduler is not None or is_lazy_source(args.image):
+        return True
+    if str(args.out).lower().endswith(".parquet"):
+        return True
+    if args.labels_out and str(args.labels_out).rstrip("/").lower().endswith(".zarr"):
+        return True
+    path = Path(args.image)
+    if path.suffix.lower() in (".tif", ".tiff") and path.is_file():  # too big to read whole?
+        from ..io.lazy import open_lazy
+        from ..sim.budget import memory_budget
+
+        try:
+            stack, _ = open_lazy(path, channel=args.channel)
+        except ValueError:
+            return False  # let the reader give its own message
+        return stack.size * 4 * 3 > memory_budget()
+    return False
+
+
+def _run_streamed(args) -> int:
+    """Chunks streamed to disk (resumable), optionally on Dask distributed; then linking."""
+    from ..analysis.batch import batch_apply, settings_json
+    from ..io.atomic import check_output_file
+    from ..io.bioimageio import load_model
+    from ..train.seeding import resolve_device
+
+    if getattr(args, "format", "csv") != "csv":
+        raise ValueError(
+            "--format trackmate/ctc/trackpy is not available with streaming yet: use --format csv"
+        )
+    if args.counts_out:
+        raise ValueError("--counts-out is not available with streaming: counts go to RESULTS_counts.csv")
+    check_output_file(args.out, "--out", (".csv", ".parquet"))
+    if args.labels_out and not str(args.labels_out).rstrip("/").lower().endswith(".zarr"):
+        raise ValueError("--labels-out: streamed labels are written to a Zarr folder (LABELS.zarr)")
+    resolve_device(args.device)
+    bundle = args.bundle if args.scheduler else load_model(args.bundle, device=args.device)
+    done = [-1]
+
+    def progress(frames_done: int, total: int) -> None:
+        pct = int(100 * frames_done / max(total, 1))
+        if pct != done[0]:
+            done[0] = pct
+            print(f"apply: {frames_done}/{total} frames ({pct}%)", file=sys.stderr)
+
+    summary = batch_apply(
+        bundle,
+        args.image,
+        args.out,
+        channel=args.channel,
+        chunk_frames=args.chunk_frames,
+        threshold=args.threshold,
+        batch_size=args.batch_size,
+        device=args.device,
+        tile_size=args.tile_size,
+        link=args.link,
+        search_range_px=args.search_range_px,
+        memory=args.memory,
+        pixel_size_um=args.pixel_size_um,
+        frame_interval_s=args.frame_interval_s,
+        labels_out=args.labels_out,
+        scheduler=args.scheduler,
+        n_workers=args.workers,
+        progress=progress,
+    )
+    print(settings_json(summary))
     return 0

@@ -1,0 +1,187 @@
+"""Batch apply at scale (issue 12): lazy Zarr/TIFF input streamed chunk by chunk, results written as
+chunks finish, resume after an interruption, Dask distributed with the same results, bad input."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import zarr
+
+from napari_deeptrack.analysis.batch import batch_apply, connect_scheduler
+from napari_deeptrack.analysis.predict import predict
+from napari_deeptrack.cli import main
+from napari_deeptrack.io.bundle import save_bundle
+from napari_deeptrack.io.tables import read_results_csv
+from napari_deeptrack.nn import build_model
+from napari_deeptrack.sim import DiskMask, Fluorescence, Particles, Pipeline, PointParticle
+from napari_deeptrack.tasks.base import Task
+
+
+def _bundle(path, kind="detection"):
+    """A saved bundle whose network is ``sigmoid(8 x - 4)`` of the (unnormalised) input."""
+    pipe = Pipeline(
+        image_shape=(48, 48),
+        particles=[Particles(PointParticle(), count=3)],
+        optics=Fluorescence(NA=1.2, wavelength_um=0.6, pixel_size_um=0.1),
+        targets={"t": DiskMask(radius_px=3)},
+    )
+    task = Task(name="scale", kind=kind, description="test", pipeline=pipe, target="t",
+                model={"type": "UNet", "in_channels": 1, "out_channels": 1, "depth": 0, "base_channels": 2,
+                       "norm": "none", "convs_per_block": 1},
+                input_normalization={"mode": "none"},
+                postprocess={"activation": "sigmoid", "threshold": 0.5})  # fmt: skip
+    model = build_model(task.model)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        for conv in convs:
+            conv.weight.zero_()
+            conv.bias.zero_()
+            k = conv.weight.shape[-1] // 2
+            conv.weight[0, 0, k, k] = 1.0
+        convs[-1].weight[0, 0, 0, 0] = 8.0
+        convs[-1].bias[0] = -4.0
+    return save_bundle(path, model.eval(), task)
+
+
+def _stack(frames=10, shape=(48, 64), seed=0):
+    """Disks of radius 3 drifting 2 px per frame (4 particles; one dims to nothing in frame 4)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    out = np.zeros((frames, *shape), np.float32)
+    for t in range(frames):
+        for k in range(4):
+            amp = 0.0 if (k == 1 and t == 4) else 1.0
+            y, x = 8 + 10 * k + rng.uniform(-0.5, 0.5), 6 + 2 * t + 3 * k + rng.uniform(-0.5, 0.5)
+            out[t] += amp * ((yy - y) ** 2 + (xx - x) ** 2 <= 9)
+    return out
+
+
+def _zarr(path, stack, chunks=None):
+    z = zarr.open_array(str(path), mode="w", shape=stack.shape, chunks=chunks or (1, *stack.shape[1:]),
+                        dtype="f4")  # fmt: skip
+    z[:] = stack
+    return path
+
+
+def _key(df):
+    return df.sort_values(["frame", "y", "x"]).reset_index(drop=True)
+
+
+def test_streamed_zarr_equals_in_memory_and_resumes_after_a_crash(tmp_path):
+    bundle = _bundle(tmp_path / "b")
+    stack = _stack()
+    src = _zarr(tmp_path / "stack.zarr", stack)
+    ref = predict(_load(bundle), stack, link=True, search_range_px=4.0).detections
+    out = tmp_path / "res.csv"
+    s = batch_apply(bundle, src, out, chunk_frames=3, link=True, search_range_px=4.0)
+    assert (s.frames, s.chunks, s.chunks_resumed, s.tracks) == (10, 4, 0, 5)
+    got = read_results_csv(out)
+    pd.testing.assert_frame_equal(_key(got)[["frame", "y", "x", "track_id"]],
+                                  _key(ref)[["frame", "y", "x", "track_id"]], atol=1e-5)  # fmt: skip
+    assert not (tmp_path / "res.csv.parts").exists()
+
+    # a crash after two chunks keeps them; the same call resumes and gives the same table
+    out2 = tmp_path / "res2.parquet"
+    calls = []
+
+    def crash(done, total):
+        calls.append(done)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        batch_apply(bundle, src, out2, chunk_frames=3, link=True, search_range_px=4.0, progress=crash)
+    manifest = json.loads((tmp_path / "res2.parquet.parts" / "manifest.json").read_text())
+    assert sorted(manifest["chunks"]) == ["0", "3"] and not out2.exists()
+    # other settings are refused rather than mixed in
+    with pytest.raises(ValueError, match="threshold"):
+        batch_apply(bundle, src, out2, chunk_frames=3, threshold=0.7, link=True)
+    s2 = batch_apply(bundle, src, out2, chunk_frames=3, link=True, search_range_px=4.0)
+    assert s2.chunks_resumed == 2
+    pd.testing.assert_frame_equal(_key(pd.read_parquet(out2)), _key(got), check_dtype=False, atol=1e-5)
+
+
+def _load(path):
+    from napari_deeptrack.io.bundle import load_bundle
+
+    return load_bundle(path)
+
+
+def test_segmentation_labels_stream_into_zarr_with_unique_ids(tmp_path):
+    bundle = _bundle(tmp_path / "b", kind="segmentation")
+    stack = _stack(frames=7)
+    ref = predict(_load(bundle), stack)
+    s = batch_apply(bundle, stack, tmp_path / "seg.csv", chunk_frames=2, labels_out=tmp_path / "lab.zarr")
+    labels = np.asarray(zarr.open_array(str(tmp_path / "lab.zarr"), mode="r"))
+    np.testing.assert_array_equal(labels, ref.labels)
+    got = read_results_csv(tmp_path / "seg.csv")
+    np.testing.assert_array_equal(
+        np.sort(got["label"].to_numpy()), np.sort(ref.detections["label"].to_numpy())
+    )
+    assert s.chunks == 4
+
+
+def test_cli_streams_a_zarr_and_refuses_wrong_axes(tmp_path, capsys):
+    bundle = _bundle(tmp_path / "b")
+    stack = _stack()
+    _zarr(tmp_path / "stack.zarr", stack)
+    out = tmp_path / "r.parquet"
+    assert main(["apply", str(bundle), str(tmp_path / "stack.zarr"), "--out", str(out), "--link",
+                 "--search-range-px", "4", "--chunk-frames", "4"]) == 0  # fmt: skip
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["frames"] == 10 and summary["tracks"] == 5 and len(pd.read_parquet(out)) == 39
+    # Y, X not last: a clear message, exit status 2, nothing written
+    bad = zarr.open_array(str(tmp_path / "yxt.zarr"), mode="w", shape=(48, 64, 10), dtype="f4")
+    bad.attrs["_ARRAY_DIMENSIONS"] = ["y", "x", "t"]
+    assert main(["apply", str(bundle), str(tmp_path / "yxt.zarr"), "--out", str(tmp_path / "x.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "last two axes must be Y, X" in err and "'YXT'" in err
+    assert not (tmp_path / "x.csv").exists() and not (tmp_path / "x.csv.parts").exists()
+    # a 4D array without axis names is ambiguous
+    zarr.open_array(str(tmp_path / "4d.zarr"), mode="w", shape=(2, 3, 8, 8), dtype="f4")
+    assert main(["apply", str(bundle), str(tmp_path / "4d.zarr"), "--out", str(tmp_path / "y.csv")]) == 2
+    assert "no axis names" in capsys.readouterr().err
+
+
+def test_lazy_multipage_tiff_is_read_by_pages(tmp_path):
+    from napari_deeptrack.io.lazy import open_lazy
+    from napari_deeptrack.io.tiff import write_tiff
+
+    stack = _stack()
+    write_tiff(tmp_path / "s.tif", stack, pixel_size_um=0.1)
+    lazy, meta = open_lazy(tmp_path / "s.tif")
+    assert lazy.shape == stack.shape and meta["pixel_size_um"] == pytest.approx(0.1)
+    assert lazy.chunksize[0] == 1  # one page per chunk: a chunk of frames reads only its pages
+    np.testing.assert_array_equal(np.asarray(lazy[3:5]), stack[3:5])
+
+
+def test_unreachable_scheduler_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(ValueError, match="cannot reach a Dask scheduler"):
+        connect_scheduler("tcp://127.0.0.1:9", timeout_s=1.0)
+    bundle = _bundle(tmp_path / "b")
+    _zarr(tmp_path / "s.zarr", _stack(frames=2))
+    args = ["apply", str(bundle), str(tmp_path / "s.zarr"), "--out", str(tmp_path / "r.csv"),
+            "--scheduler", "tcp://127.0.0.1:9"]  # fmt: skip
+    import napari_deeptrack.analysis.batch as batch
+
+    batch.CONNECT_TIMEOUT_S = 1.0
+    try:
+        assert main(args) == 2
+    finally:
+        batch.CONNECT_TIMEOUT_S = 10.0
+    assert "cannot reach a Dask scheduler" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_worker_local_cluster_gives_the_single_process_results(tmp_path):
+    pytest.importorskip("distributed")
+    bundle = _bundle(tmp_path / "b")
+    stack = _stack(frames=12)
+    src = _zarr(tmp_path / "s.zarr", stack)
+    one = batch_apply(bundle, src, tmp_path / "one.csv", chunk_frames=2, link=True, search_range_px=4.0)
+    two = batch_apply(bundle, src, tmp_path / "two.csv", chunk_frames=2, link=True, search_range_px=4.0,
+                      scheduler="local", n_workers=2)  # fmt: skip
+    assert two.dashboard and (one.detections, one.tracks) == (two.detections, two.tracks)
+    assert (tmp_path / "one.csv").read_text() == (tmp_path / "two.csv").read_text()
