@@ -134,8 +134,10 @@ def test_simulate_match_preview_and_files(make_napari_viewer, qtbot, tmp_path):
     assert prev.data.shape == real.data.shape
     np.testing.assert_allclose(prev.scale, real.scale)
     np.testing.assert_allclose(prev.translate, real.translate)
-    assert tuple(prev.contrast_limits) == pytest.approx((0, 400))
-    assert _grid(viewer).enabled
+    # its own contrast limits (from the simulated frame), and the user's view is left alone
+    lo, hi = np.percentile(prev.data, (0.5, 99.5))
+    assert tuple(prev.contrast_limits) == pytest.approx((lo, hi))
+    assert not _grid(viewer).enabled
     assert "distance" in w.stats_label.value
     assert w.last_result["comparison"]["distance"] < 0.5  # matched simulation resembles the data
     # debounced live preview: several changes -> the preview layer is updated, not duplicated
@@ -146,8 +148,15 @@ def test_simulate_match_preview_and_files(make_napari_viewer, qtbot, tmp_path):
     assert w._timer.isActive()
     qtbot.waitUntil(lambda: w.last_result is not None and w._worker is None, timeout=30_000)
     assert [lyr.name for lyr in viewer.layers].count("DeepTrack simulation") == 1
-    w.layout_mode.value = "overlay"
-    assert not _grid(viewer).enabled and prev.opacity == pytest.approx(0.5)
+    # "compare" shows data and preview side by side; unticking restores the grid and the camera
+    viewer.camera.zoom, viewer.camera.center = 3.0, (0.0, 1.0, 2.0)
+    w.compare.value = True
+    assert _grid(viewer).enabled
+    viewer.camera.zoom = 0.5
+    w.compare.value = False
+    assert not _grid(viewer).enabled
+    assert viewer.camera.zoom == pytest.approx(3.0)
+    assert tuple(viewer.camera.center)[-2:] == pytest.approx((1.0, 2.0))
     # JSON round trip and Python export
     before = to_dict(w.build_pipeline())
     path = w.save_config(tmp_path / "sim.json")

@@ -22,6 +22,7 @@ training simulation covered (:func:`napari_deeptrack.analysis.calibrate.coverage
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from ._dock import collapsible, scroll_form
 from ._layers import (
     InputError,
     image_frames,
@@ -46,6 +48,7 @@ from ._layers import (
     layer_pixel_size_um,
     notify,
     spatial_kwargs,
+    start_worker,
     widget_alive,
     write_layer,
 )
@@ -77,24 +80,34 @@ class ApplyWidget(Container):
         self.counts_label = Label(value="")
         self.export_btn = PushButton(text="Export counts CSV...")
         self.warnings_label = Label(value="")
-        super().__init__(
+        # segmentation post-processing, live on the instances (no network run)
+        self.min_size = SpinBox(label="min object size (px)", value=0, min=0, max=10**7)
+        self.exclude_border = CheckBox(label="remove objects touching the border", value=False)
+        self.outlines_only = CheckBox(label="show outlines only", value=False)
+        super().__init__(widgets=[])
+        seg_box, _ = collapsible(
+            "Segmentation: object filters", [self.min_size, self.exclude_border, self.outlines_only]
+        )
+        link_box, _ = collapsible("Tracking: linking", [self.link, self.search_range])
+        self.form = Container(
             widgets=[
                 self.layer,
                 self.source,
                 self.bundle_path,
                 self.bundle_info,
                 self.batch_size,
-                self.link,
-                self.search_range,
                 Container(widgets=[self.run_btn, self.cancel_btn], layout="horizontal", labels=False),
                 self.progress,
                 self.threshold,
                 self.counts_label,
                 self.export_btn,
                 self.warnings_label,
-            ],
-            scrollable=True,
+            ]
         )
+        lay = self.form.native.layout()
+        lay.insertWidget(lay.indexOf(self.batch_size.native.parent()) + 1, link_box)
+        lay.insertWidget(lay.indexOf(self.threshold.native.parent()) + 1, seg_box)
+        scroll_form(self, self.form)
         self.cancel_btn.enabled = False
         self.bundle = None
         self.cache: DetectionCache | None = None
@@ -103,6 +116,12 @@ class ApplyWidget(Container):
         self.last_warnings: list[str] = []
         self._points_layer = None
         self._tracks_layer = None
+        self._labels_layer = None
+        self._writing = False
+        self._worker_done = False
+        self.instances = None  # segmentation: one row per instance (label, frame, area, probability...)
+        self._raw_labels = None
+        self._was_2d = True
         self.session = session_for(napari_viewer)
         self.session.model_changed.connect(self._session_model_changed)
         if self.session.model is not None:
@@ -111,6 +130,9 @@ class ApplyWidget(Container):
         self.run_btn.changed.connect(self.run)
         self.cancel_btn.changed.connect(self.cancel)
         self.threshold.changed.connect(self.apply_threshold)
+        for w in (self.min_size, self.exclude_border):
+            w.changed.connect(self.apply_threshold)
+        self.outlines_only.changed.connect(self._outline_mode)
         self.export_btn.changed.connect(lambda: self.export_counts())
         for ev in ("inserted", "removed", "reordered"):
             getattr(napari_viewer.layers.events, ev).connect(self._refresh_layers)
@@ -189,8 +211,6 @@ class ApplyWidget(Container):
     # ------------------------------------------------------------------ run
     def run(self, *_):
         """Validate, snapshot the frames, and predict in a worker. Returns the worker (or None)."""
-        from napari.qt.threading import create_worker
-
         if self.worker is not None:
             notify("Apply is already running.", "warning")
             return None
@@ -203,18 +223,7 @@ class ApplyWidget(Container):
             notify(str(exc), "error")
             return None
         px = layer_pixel_size_um(layer)
-        try:
-            from ..analysis.calibrate import coverage_warnings
-
-            self.last_warnings = coverage_warnings(bundle.task, frames[:4], pixel_size_um=px)
-        except Exception as exc:  # noqa: BLE001 - a failed check must not block applying
-            self.last_warnings = [f"could not compare with the training simulation: {exc}"]
-        if self.last_warnings:
-            msg = "Outside the training simulation: " + "; ".join(self.last_warnings)
-            self.warnings_label.value = "\n".join(f"! {w}" for w in self.last_warnings)
-            notify(msg, "warning")
-        else:
-            self.warnings_label.value = "the layer is within the training simulation's range"
+        self.warnings_label.value = "comparing the layer with the training simulation..."
         self.progress.max = frames.shape[0]
         self.progress.value = 0
         meta = {
@@ -225,19 +234,21 @@ class ApplyWidget(Container):
             "link": bool(self.link.value) and frames.shape[0] > 1,
             "search_range": float(self.search_range.value),
         }
-        worker = create_worker(
-            predict_chunks,
+        worker = start_worker(
+            _apply_job,
             bundle,
             frames,
-            int(self.batch_size.value),
-            float(self.threshold.value),
-            meta["link"],
-            meta["search_range"],
-            _start_thread=False,
+            px,
+            (
+                int(self.batch_size.value),
+                float(self.threshold.value),
+                meta["link"],
+                meta["search_range"],
+            ),
+            error="Apply failed",
         )
-        worker.yielded.connect(lambda done: setattr(self.progress, "value", int(done)))
+        worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda res: self._show(res, bundle, meta))
-        worker.errored.connect(lambda exc: notify(f"Apply failed: {exc}", "error"))
         worker.aborted.connect(lambda: notify("Apply cancelled: no layer was changed."))
         worker.finished.connect(self._finished)
         self.worker = worker
@@ -246,23 +257,68 @@ class ApplyWidget(Container):
         worker.start()
         return worker
 
+    def _on_progress(self, item) -> None:
+        """Worker progress: the coverage warnings first (a tuple), then frames done after every chunk."""
+        if isinstance(item, tuple) and item and item[0] == "warnings":
+            self.last_warnings = list(item[1])
+            if self.last_warnings:
+                msg = "Outside the training simulation: " + "; ".join(self.last_warnings)
+                self.warnings_label.value = "\n".join(f"! {w}" for w in self.last_warnings)
+                notify(msg, "warning")
+            else:
+                self.warnings_label.value = "the layer is within the training simulation's range"
+            return
+        self.progress.value = int(item)
+
     def cancel(self, *_):
         if self.worker is not None:
             self.worker.quit()
 
     def _finished(self):
+        self._worker_done = True
+        if not self._writing:  # layers are still being written: release when done
+            self._release()
+
+    def _release(self):
         self.worker = None
+        self._worker_done = False
         self.run_btn.enabled = True
         self.cancel_btn.enabled = False
 
     # ------------------------------------------------------------------ results -> layers
     def _show(self, res: dict, bundle, meta: dict) -> None:
+        """Write the results layer by layer, one per event-loop turn (napari stays responsive)."""
+        from qtpy.QtCore import QTimer
+
+        steps = self._show_steps(res, bundle, meta)
+        self._writing = True
+
+        def step():
+            t0 = time.perf_counter()
+            try:
+                while time.perf_counter() - t0 < 0.03:  # small steps back to back, big ones alone
+                    next(steps)
+            except StopIteration:
+                self._writing = False
+                if self._worker_done:
+                    self._release()
+                return
+            except Exception:
+                self._writing = False
+                self._release()
+                raise
+            QTimer.singleShot(0, step)
+
+        QTimer.singleShot(0, step)
+
+    def _show_steps(self, res: dict, bundle, meta: dict):
         if not widget_alive(self):
             return
         if res is None:
             return
         source, was_2d = meta["source"], meta["was_2d"]
         self.results = res
+        self.instances, self._raw_labels = None, None
         det = res.get("detections")
         lead = 0 if was_2d else 1
         if det is not None:
@@ -281,13 +337,16 @@ class ApplyWidget(Container):
                 coords,
                 role=POINTS_ROLE,
                 features=features,
-                face_color="probability" if len(det) else "yellow",
-                face_colormap="viridis",
-                size=4,
-                border_color="white",
+                # hollow markers: the ring (coloured by probability) leaves the particle visible
+                face_color="transparent",
+                border_color="probability" if len(det) else "yellow",
+                border_colormap="viridis",
+                border_width=0.2,
+                size=7,
                 shown=self.cache.mask(self.threshold.value),
                 **spatial_kwargs(source, 2 + lead),
             )
+            yield
             if "z_um" in det.columns and len(det) and meta["pixel_size_um"]:
                 px = meta["pixel_size_um"]
                 z = det["z_um"].to_numpy(dtype=float) / px  # pixel units: the layer scale makes them um
@@ -305,6 +364,7 @@ class ApplyWidget(Container):
                     size=4,
                     **sk,
                 )
+            yield
             if "track_id" in det.columns and len(det) and lead:
                 tracks = det[["track_id", "frame", "y", "x"]].to_numpy(dtype=float)
                 self._tracks_layer = write_layer(
@@ -316,34 +376,26 @@ class ApplyWidget(Container):
                     **spatial_kwargs(source, 3),
                 )
             self.apply_threshold()
+        yield
         labels = res.get("labels")
         if labels is not None:
             data = labels[0] if was_2d and labels.ndim == 3 else labels
-            write_layer(
+            self._raw_labels = np.asarray(data, dtype=np.int32)
+            self.instances = res.get("instances")
+            if self.min_size.value == 0:
+                self.min_size.value = _default_min_area(bundle.task)
+            self._labels_layer = write_layer(
                 self.viewer,
                 "DeepTrack labels",
                 "labels",
-                data.astype(np.int32),
+                self._filtered_labels(),
                 role="labels",
                 **spatial_kwargs(source, data.ndim),
             )
-            shapes = res.get("shapes")
-            if shapes:
-                polys = [
-                    np.asarray(p, dtype=float)[:, -2:] if was_2d else np.asarray(p, dtype=float)
-                    for p in shapes
-                ]
-                write_layer(
-                    self.viewer,
-                    "DeepTrack outlines",
-                    "shapes",
-                    polys,
-                    role="outlines",
-                    shape_type="polygon",
-                    edge_color="yellow",
-                    face_color="transparent",
-                    **spatial_kwargs(source, polys[0].shape[1]),
-                )
+            yield
+            self._outline_mode()
+            self.apply_threshold()
+        yield
         image = res.get("image")
         if image is not None:
             data = image[0] if was_2d and image.ndim == 3 else image
@@ -369,11 +421,21 @@ class ApplyWidget(Container):
                 summary=str(res.get("summary", "")),
             )
         )
-        notify(f"Apply finished: {res.get('summary', '')}")
+        summary = self.counts_label.value if self.instances is not None else res.get("summary", "")
+        notify(f"Apply finished: {summary}")
 
     # ------------------------------------------------------------------ threshold & counts
     def apply_threshold(self, *_):
-        """Re-filter the shown detections at the slider's threshold (no network run)."""
+        """Re-filter the shown results at the slider's threshold (no network run).
+
+        Detections: points below the threshold are hidden. Segmentation: instances whose mean
+        probability is below the threshold, smaller than the minimum size or (optionally) touching the
+        border are removed from the Labels layer and their centroids hidden; every count shown (this
+        widget, the notification, the Points and Labels layers) is the number of instances kept.
+        """
+        if self.instances is not None:
+            self._filter_instances()
+            return
         if self.cache is None:
             return
         layer = self._points_layer
@@ -383,6 +445,46 @@ class ApplyWidget(Container):
         counts = self.cache.counts(self.threshold.value)
         head = ", ".join(str(int(c)) for c in counts[:20]) + (" ..." if len(counts) > 20 else "")
         self.counts_label.value = f"{int(counts.sum())} detections; per frame: {head}"
+
+    def _instance_keep(self) -> np.ndarray:
+        from ..analysis.segment import filter_instances
+
+        return filter_instances(
+            self.instances, self.threshold.value, self.min_size.value, self.exclude_border.value
+        )
+
+    def _filtered_labels(self) -> np.ndarray:
+        from ..analysis.segment import keep_lut
+
+        if self.instances is None or not len(self.instances):
+            return self._raw_labels
+        lut = keep_lut(self.instances, self._instance_keep(), int(self._raw_labels.max(initial=0)))
+        return lut[self._raw_labels]
+
+    def _filter_instances(self) -> None:
+        keep = self._instance_keep()
+        layer = self._labels_layer
+        if layer is not None and layer in self.viewer.layers and self._raw_labels is not None:
+            layer.data = self._filtered_labels()
+        kept = set(self.instances["label"].to_numpy()[keep].tolist())
+        pts = self._points_layer
+        if self.cache is not None and "label" in self.cache.table:
+            shown = self.cache.table["label"].isin(kept).to_numpy()
+            if pts is not None and pts in self.viewer.layers and len(pts.data) == len(shown):
+                pts.shown = shown
+        n_frames = int(self.instances["frame"].max()) + 1 if len(self.instances) else 1
+        counts = np.bincount(self.instances["frame"].to_numpy()[keep], minlength=n_frames)
+        self.instance_counts = counts
+        head = ", ".join(str(int(c)) for c in counts[:20]) + (" ..." if len(counts) > 20 else "")
+        removed = int((~keep).sum())
+        self.counts_label.value = (
+            f"{int(counts.sum())} objects ({removed} removed by the filters); per frame: {head}"
+        )
+
+    def _outline_mode(self, *_) -> None:
+        layer = self._labels_layer
+        if layer is not None and layer in self.viewer.layers:
+            layer.contour = 2 if self.outlines_only.value else 0
 
     def _filter_tracks(self) -> None:
         """Links follow the points: the tracks layer keeps only the shown detections' positions."""
@@ -395,6 +497,10 @@ class ApplyWidget(Container):
         tracks.visible = bool(len(shown))
 
     def counts_table(self) -> pd.DataFrame:
+        if self.instances is not None:
+            self._filter_instances()
+            c = self.instance_counts
+            return pd.DataFrame({"frame": np.arange(len(c)), "count": c})
         if self.cache is None:
             if self.results is not None and self.results.get("counts") is not None:
                 c = np.asarray(self.results["counts"])
@@ -412,6 +518,53 @@ class ApplyWidget(Container):
         self.counts_table().to_csv(path, index=False)
         notify(f"Counts written to {path}")
         return Path(path)
+
+
+def _default_min_area(task) -> int:
+    """Smallest object kept by default: the task's ``min_area_px``, else a quarter of the area of the
+    smallest simulated object (a nucleus of radius 8 px: 50 px), else 10 px."""
+    pp = getattr(task, "postprocess", None) or {}
+    if pp.get("min_area_px"):
+        return int(pp["min_area_px"])
+    try:
+        from ..sim.params import support
+
+        px = float(task.pixel_size_um)
+        radii = [
+            support(pop.scatterer.radius_um)[0]
+            for pop in task.pipeline.particles
+            if hasattr(pop.scatterer, "radius_um")
+        ]
+        if radii and px > 0:
+            r_px = min(radii) / px
+            return max(int(np.pi * (r_px / 2) ** 2), 4)
+    except (AttributeError, TypeError, ValueError):
+        pass
+    return 10
+
+
+def _apply_job(bundle, frames, pixel_size_um, predict_args: tuple):
+    """Worker: the coverage check (seconds on big stacks, so not on the main thread), the prediction
+    (yields frames done) and, for segmentation, the instance table the live filters act on."""
+    try:
+        from ..analysis.calibrate import coverage_warnings
+
+        warnings = coverage_warnings(bundle.task, frames[:4], pixel_size_um=pixel_size_um)
+    except Exception as exc:  # noqa: BLE001 - a failed check must not block applying
+        warnings = [f"could not compare with the training simulation: {exc}"]
+    yield ("warnings", warnings)
+    out = yield from predict_chunks(bundle, frames, *predict_args)
+    labels = out.get("labels")
+    if labels is not None:
+        from ..analysis.segment import instance_table
+
+        table = instance_table(labels)
+        det = out.get("detections")
+        if det is not None and len(det) and "label" in det:
+            prob = pd.Series(det["probability"].to_numpy(), index=det["label"].to_numpy())
+            table["probability"] = table["label"].map(prob).fillna(1.0).to_numpy()
+        out["instances"] = table
+    return out
 
 
 # ---------------------------------------------------------------------------- worker side

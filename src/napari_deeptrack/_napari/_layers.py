@@ -26,6 +26,7 @@ __all__ = [
     "layer_pixel_size_um",
     "notify",
     "spatial_kwargs",
+    "start_worker",
     "widget_alive",
     "write_layer",
 ]
@@ -44,6 +45,35 @@ def notify(message: str, level: str = "info") -> None:
     {"error": notifications.show_error, "warning": notifications.show_warning}.get(
         level, notifications.show_info
     )(message)
+
+
+def worker_error_message(context: str, exc: BaseException) -> str:
+    """One line for a failed worker: ``"<context>: <message>"`` (no traceback for expected errors)."""
+    from ..errors import describe_error
+
+    message, expected = describe_error(exc)
+    if not expected:
+        from ..errors import report_bug
+
+        message = report_bug(exc, context)
+    return f"{context}: {message}"
+
+
+def start_worker(func, *args, error: str, **kwargs):
+    """A thread worker (not started) whose errors are shown ONCE, as one notification without traceback.
+
+    napari's own ``create_worker`` relays every worker error with its raw traceback, on top of the
+    widget's message; superqt's worker (napari's base) with an ``errored`` connection does neither.
+    """
+    from superqt.utils import create_worker
+
+    return create_worker(
+        func,
+        *args,
+        _start_thread=False,
+        _connect={"errored": lambda exc: notify(worker_error_message(error, exc), "error")},
+        **kwargs,
+    )
 
 
 def image_layers(viewer) -> list:
@@ -213,7 +243,7 @@ def _update(layer, layer_type: str, data, kwargs: dict) -> None:
         layer.data = data
         if features is not None:
             layer.features = features
-        for key in ("face_color", "face_colormap", "border_color", "size", "shown"):
+        for key in ("face_color", "face_colormap", "border_colormap", "border_color", "size", "shown"):
             if key in kwargs:
                 setattr(layer, key, kwargs.pop(key))
         layer.refresh()

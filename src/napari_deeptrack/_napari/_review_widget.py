@@ -21,10 +21,11 @@ import numpy as np
 import pandas as pd
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
 
-from ._layers import InputError, image_frames, image_layers, is_plugin_layer, notify
+from ._dock import scroll_form
+from ._layers import InputError, image_frames, image_layers, is_plugin_layer, notify, start_worker
 from ._session import session_for, unwrap_viewer
 
-__all__ = ["ReviewWidget", "mixed_batches", "targets_from_points"]
+__all__ = ["ReviewWidget"]
 
 POINT_KINDS = ("detection", "tracking-3d", "counting", "characterization")
 LABEL_KINDS = ("segmentation",)
@@ -51,8 +52,10 @@ class ReviewWidget(Container):
         self.finetune_btn = PushButton(text="Fine-tune on corrections + simulation")
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
         self.report_btn = PushButton(text="Write report...")
-        super().__init__(
+        self.model_info = Label(value="")
+        self.form = Container(
             widgets=[
+                self.model_info,
                 self.image,
                 self.prediction,
                 self.reference,
@@ -66,12 +69,11 @@ class ReviewWidget(Container):
                 self.finetune_btn,
                 self.progress,
                 self.report_btn,
-            ],
-            scrollable=True,
+            ]
         )
+        super().__init__(widgets=[])
+        scroll_form(self, self.form)
         self.session = session_for(napari_viewer)
-        self.model_info = Label(value="")
-        self.insert(0, self.model_info)
         self.session.result_changed.connect(self._result_changed)
         self.session.model_changed.connect(self._result_changed)
         self._result_changed()
@@ -283,9 +285,9 @@ class ReviewWidget(Container):
     def fine_tune(self, *_):
         """Fine-tune on the corrected frames mixed with simulation, in a worker. Returns the worker."""
         from napari.layers import Labels, Points
-        from napari.qt.threading import create_worker
 
         from ..train.events import StopFlag
+        from ..train.finetune import mixed_batches, points_per_frame, targets_from_labels, targets_from_points
         from ._train_widget import train_events
 
         if self.worker is not None:
@@ -303,14 +305,15 @@ class ReviewWidget(Container):
                     raise InputError(f"A '{task.kind}' model cannot be fine-tuned on points.")
                 table = _points_table(ref)
                 keep = np.unique(table["frame"]).astype(int)
-                targets = targets_from_points(task, table, frames.shape[-2:], keep)
+                points = points_per_frame(table, keep)
+                targets = targets_from_points(task, points, frames.shape[-2:]).detach().cpu().numpy()
             elif isinstance(ref, Labels):
                 if task.kind not in LABEL_KINDS:
                     raise InputError(f"A '{task.kind}' model cannot be fine-tuned on labels.")
                 lab = np.asarray(ref.data)
                 lab = lab[None] if lab.ndim == 2 else lab
                 keep = np.array([t for t in range(len(lab)) if lab[t].any()])
-                targets = _targets_from_labels(task, lab[keep])
+                targets = targets_from_labels(task, lab[keep])
             else:
                 raise InputError("Select the corrected Points or Labels layer.")
             if len(keep) == 0:
@@ -333,7 +336,7 @@ class ReviewWidget(Container):
             "corrected_frames": [int(k) for k in keep],
             "mix": "alternate batches: corrected real crops / simulation",
         }
-        worker = create_worker(
+        worker = start_worker(
             train_events,
             task,
             StopFlag(),
@@ -342,13 +345,12 @@ class ReviewWidget(Container):
             epochs=epochs,
             steps_per_epoch=steps,
             device="cpu",
-            _start_thread=False,
+            error="Fine-tuning failed",
         )
         worker.yielded.connect(
             lambda ev: setattr(self.progress, "value", min(int(ev.get("step", 0)), self.progress.max))
         )
         worker.returned.connect(self._finetuned)
-        worker.errored.connect(lambda exc: notify(f"Fine-tuning failed: {exc}", "error"))
         worker.finished.connect(lambda: setattr(self, "worker", None))
         self.worker = worker
         worker.start()
@@ -370,7 +372,9 @@ class ReviewWidget(Container):
 
     # ------------------------------------------------------------------ report
     def write_report(self, path: str | Path | None = None) -> Path | None:
-        from ._report import write_report
+        import napari
+
+        from ..report import write_validation_report
 
         if not self.metrics:
             notify("Evaluate first: the report needs metrics.", "warning")
@@ -392,7 +396,7 @@ class ReviewWidget(Container):
         res = self.session.result
         if res is not None:
             settings["applied"] = {"layer": res.source_layer, "summary": res.summary}
-        out = write_report(
+        out = write_validation_report(
             path,
             self.metrics,
             task=getattr(bundle, "task", None),
@@ -400,6 +404,7 @@ class ReviewWidget(Container):
             settings=settings,
             notes="Metrics against the user's corrected layer; "
             "baseline = classical method on the same frames.",
+            versions={"napari": napari.__version__},
         )
         notify(f"Report written to {out}")
         return out
@@ -436,83 +441,3 @@ def _points_table(layer, only_shown: bool = False) -> pd.DataFrame:
             if c in feats:
                 table[c] = feats[c].to_numpy()[mask]
     return table
-
-
-def targets_from_points(task, table: pd.DataFrame, image_shape, frames) -> np.ndarray:
-    """Render the task's training target from annotated points (the same target code as simulation)."""
-    import torch
-
-    from ..sim.scene import Scene
-
-    frames = np.asarray(frames, dtype=int)
-    groups = [table[table["frame"] == f] for f in frames]
-    n = max(1, max(len(g) for g in groups))
-    scene = Scene.empty(len(frames), n, tuple(int(s) for s in image_shape))
-    for i, g in enumerate(groups):
-        k = len(g)
-        scene.position[i, :k, 0] = torch.tensor(g["y"].to_numpy(dtype=np.float32))
-        scene.position[i, :k, 1] = torch.tensor(g["x"].to_numpy(dtype=np.float32))
-        if "z_um" in g:
-            scene.position[i, :k, 2] = torch.tensor(g["z_um"].fillna(0).to_numpy(dtype=np.float32))
-        scene.present[i, :k] = True
-        scene.intensity[i, :k] = 1.0
-    target = task.pipeline.targets[task.target]
-    return target(scene).detach().cpu().numpy()
-
-
-def _targets_from_labels(task, labels: np.ndarray) -> np.ndarray:
-    name = type(task.pipeline.targets[task.target]).__name__
-    lab = labels[:, None].astype(np.int64)
-    return lab if name == "InstanceLabels" else (lab > 0).astype(np.float32)
-
-
-class mixed_batches:  # noqa: N801 - used like a function returning an iterable
-    """Alternate batches of corrected real frames (random crops, flips) and simulated images.
-
-    Real batches: random crops of the task's training size (or whole frames when smaller) of the
-    corrected frames and their targets, normalised as at inference. Simulated batches: the task's own
-    online simulation. ``steps`` batches in total, half of each.
-    """
-
-    def __init__(
-        self, task, frames: np.ndarray, targets: np.ndarray, batch_size: int, steps: int, seed: int = 0
-    ):
-        self.task, self.frames, self.targets = task, frames.astype(np.float32), targets
-        self.batch_size, self.steps, self.seed = int(batch_size), int(steps), int(seed)
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self):
-        import torch
-
-        from ..train.data import OnlineDataset, normalize
-
-        sim = iter(
-            OnlineDataset(
-                self.task.pipeline,
-                self.task.target,
-                batch_size=self.batch_size,
-                steps_per_epoch=self.steps,
-                epochs=1,
-                seed=self.seed,
-                normalization=self.task.input_normalization,
-            )
-        )
-        rng = np.random.default_rng(self.seed)
-        h, w = self.frames.shape[-2:]
-        ch, cw = (min(h, s) for s in self.task.pipeline.image_shape)
-        for step in range(self.steps):
-            if step % 2:
-                yield next(sim)
-                continue
-            idx = rng.integers(0, len(self.frames), self.batch_size)
-            y0 = rng.integers(0, h - ch + 1, self.batch_size)
-            x0 = rng.integers(0, w - cw + 1, self.batch_size)
-            xs = np.stack([self.frames[i, a : a + ch, b : b + cw] for i, a, b in zip(idx, y0, x0)])
-            ys = np.stack([self.targets[i, ..., a : a + ch, b : b + cw] for i, a, b in zip(idx, y0, x0)])
-            flip = rng.random(self.batch_size) < 0.5
-            xs[flip] = xs[flip][..., ::-1]
-            ys[flip] = ys[flip][..., ::-1]
-            x = normalize(torch.from_numpy(np.ascontiguousarray(xs))[:, None], self.task.input_normalization)
-            yield x, torch.from_numpy(np.ascontiguousarray(ys))

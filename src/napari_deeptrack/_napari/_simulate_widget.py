@@ -18,6 +18,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
 from qtpy.QtCore import QTimer
 
+from ._dock import collapsible, scroll_form
 from ._layers import (
     InputError,
     image_frames,
@@ -25,6 +26,7 @@ from ._layers import (
     layer_pixel_size_um,
     notify,
     spatial_kwargs,
+    start_worker,
     widget_alive,
     write_layer,
 )
@@ -99,9 +101,8 @@ class SimulateWidget(Container):
         self.gain = FloatSpinBox(label="camera gain (grey/photon)", value=1.0, min=1e-6, max=1e4, step=0.1)
         # preview
         self.auto_preview = CheckBox(label="live preview", value=True)
-        self.layout_mode = ComboBox(
-            label="preview", choices=("side by side", "overlay"), value="side by side"
-        )
+        self.compare = CheckBox(label="compare side by side (grid view)", value=False)
+        self.compare.tooltip = "Show the preview beside the real image; untick to restore your view."
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
         self.match_btn = PushButton(text="Match to layer")
         self.preview_btn = PushButton(text="Preview")
@@ -110,19 +111,48 @@ class SimulateWidget(Container):
         self.export_btn = PushButton(text="Export Python...")
         self.stats_label = Label(value="sim vs real distance: -")
         self.match_label = Label(value="")
-        super().__init__(
-            widgets=[
-                self.layer,
-                self.modality,
-                Label(value="<b>Optics</b>"),
-                self.NA,
-                self.wavelength_um,
-                self.pixel_size_um,
+        self.memory_label = Label(value="")
+        _set_decimals(
+            {
+                self.NA: 3,
+                self.wavelength_um: 4,
+                self.pixel_size_um: 5,
+                self.camera_pixel_um: 3,
+                self.medium_index: 4,
+                self.radius_um: 4,
+                self.particle_index: 4,
+                self.z_min_um: 3,
+                self.z_max_um: 3,
+                self.background: 3,
+                self.read_noise: 4,
+                self.gain: 6,
+                self.aberration_rad: 3,
+            }
+        )
+        super().__init__(widgets=[])
+        optics_box, _ = collapsible(
+            "Advanced optics (camera, medium, aberrations)",
+            [
                 self.magnification,
                 self.camera_pixel_um,
                 self.medium_index,
                 self.aberration,
                 self.aberration_rad,
+            ],
+        )
+        noise_box, _ = collapsible(
+            "Camera and noise", [self.shot_noise, self.read_noise, self.gain], expanded=False
+        )
+        self.form = Container(
+            widgets=[
+                self.layer,
+                Container(widgets=[self.match_btn, self.preview_btn], layout="horizontal", labels=False),
+                self.match_label,
+                self.modality,
+                Label(value="<b>Optics</b>"),
+                self.NA,
+                self.wavelength_um,
+                self.pixel_size_um,
                 Label(value="<b>Sample</b>"),
                 self.particle,
                 self.count_min,
@@ -133,25 +163,23 @@ class SimulateWidget(Container):
                 self.particle_index,
                 self.z_min_um,
                 self.z_max_um,
-                Label(value="<b>Noise</b>"),
                 self.background,
-                self.shot_noise,
-                self.read_noise,
-                self.gain,
                 Label(value="<b>Preview</b>"),
-                self.match_btn,
-                self.match_label,
                 self.auto_preview,
-                self.layout_mode,
+                self.compare,
                 self.seed,
-                self.preview_btn,
                 self.stats_label,
+                self.memory_label,
                 Container(
                     widgets=[self.save_btn, self.load_btn, self.export_btn], layout="horizontal", labels=False
                 ),
-            ],
-            scrollable=True,
+            ]
         )
+        lay = self.form.native.layout()
+        lay.insertWidget(lay.indexOf(self.pixel_size_um.native.parent()) + 1, optics_box)
+        lay.insertWidget(lay.indexOf(self.background.native.parent()) + 1, noise_box)
+        scroll_form(self, self.form)
+        self._saved_view = None
         self.session = session_for(napari_viewer)
         self.last_result: dict | None = None
         self._worker = None
@@ -169,7 +197,7 @@ class SimulateWidget(Container):
         self.export_btn.changed.connect(lambda: self.export_python())
         for w in self._parameter_widgets():
             w.changed.connect(self._parameters_changed)
-        self.layout_mode.changed.connect(self._apply_layout)
+        self.compare.changed.connect(self._compare_changed)
         self.modality.changed.connect(self._particle_for_modality)
         for ev in ("inserted", "removed", "reordered"):
             getattr(napari_viewer.layers.events, ev).connect(self._refresh_layers)
@@ -365,8 +393,6 @@ class SimulateWidget(Container):
         The frames are validated here; the estimation runs in a worker (seconds on a large stack) and
         fills the form when it returns. Returns the worker (or None when the input is refused).
         """
-        from napari.qt.threading import create_worker
-
         if self._match_worker is not None:
             notify("Match to layer is already running.", "warning")
             return None
@@ -379,17 +405,13 @@ class SimulateWidget(Container):
             notify(str(exc), "error")
             return None
         self.match_label.value = f"matching '{layer.name}'..."
-        worker = create_worker(_match, template, frames, px, _start_thread=False)
+        worker = start_worker(_match, template, frames, px, error="Match to layer failed")
         worker.returned.connect(lambda out: self._matched(out, layer.name, px))
-        worker.errored.connect(self._match_failed)
+        worker.errored.connect(lambda *_: setattr(self.match_label, "value", ""))
         worker.finished.connect(lambda: setattr(self, "_match_worker", None))
         self._match_worker = worker
         worker.start()
         return worker
-
-    def _match_failed(self, exc) -> None:
-        self.match_label.value = ""
-        notify(f"Match to layer failed: {exc}", "error")
 
     def _matched(self, out: tuple, layer_name: str, px: float | None) -> None:
         matched, stats = out
@@ -419,8 +441,6 @@ class SimulateWidget(Container):
     # ------------------------------------------------------------------ preview
     def preview(self, *_):
         """Simulate a preview (in a worker) and show it next to the selected layer."""
-        from napari.qt.threading import create_worker
-
         if not widget_alive(self):
             self._timer.stop()
             return None
@@ -438,14 +458,15 @@ class SimulateWidget(Container):
             notify(str(exc), "error")
             return None
         n = 1 if frames is None or frames.shape[0] == 1 else min(frames.shape[0], 3)
-        meta = {
-            "source": layer,
-            "was_2d": frames is None or (layer is not None and layer.ndim == 2),
-            "contrast_limits": tuple(layer.contrast_limits) if layer is not None else None,
-        }
-        worker = create_worker(_simulate_preview, pipeline, n, int(self.seed.value), frames)
+        if frames is not None:
+            frames = frames[:: max(1, len(frames) // 4)][:4]  # a few frames are enough to compare
+        if not self._memory_ok(pipeline, n, "the preview"):
+            return None
+        meta = {"source": layer}
+        worker = start_worker(
+            _simulate_preview, pipeline, n, int(self.seed.value), frames, error="Simulation failed"
+        )
         worker.returned.connect(lambda result: self._show_preview(result, meta))
-        worker.errored.connect(lambda exc: notify(f"Simulation failed: {exc}", "error"))
         worker.finished.connect(self._preview_done)
         self._worker = worker
         worker.start()
@@ -465,8 +486,10 @@ class SimulateWidget(Container):
         data = images[0]
         source = meta["source"]
         kwargs = spatial_kwargs(source, data.ndim) if source is not None else {}
-        if meta["contrast_limits"] is not None:
-            kwargs["contrast_limits"] = meta["contrast_limits"]
+        # its own contrast limits: a bright-field preview (~1 photon/px background) shown with the real
+        # layer's grey values (hundreds) would be black
+        lo, hi = (float(v) for v in np.percentile(data, (0.5, 99.5)))
+        kwargs["contrast_limits"] = (lo, hi if hi > lo else lo + 1.0)
         kwargs["colormap"] = getattr(source, "colormap", None).name if source is not None else "gray"
         kwargs["metadata"] = {"pipeline": result["pipeline_json"]}
         write_layer(self.viewer, PREVIEW_NAME, "image", data, role=PREVIEW_ROLE, **kwargs)
@@ -484,24 +507,39 @@ class SimulateWidget(Container):
             )
         else:
             self.stats_label.value = "sim vs real distance: - (no real image selected)"
-        self._apply_layout()
+        if self.compare.value:
+            self._compare_changed(True)
 
-    def _apply_layout(self, *_):
-        preview = next(
-            (lyr for lyr in self.viewer.layers if lyr.metadata.get("napari_deeptrack") == PREVIEW_ROLE), None
-        )
-        if preview is None:
-            return
-        if self.layout_mode.value == "side by side":
-            preview.opacity = 1.0
-            preview.blending = "translucent"
-            if not _grid(self.viewer).enabled:
-                _grid(self.viewer).enabled = True
-                self.viewer.reset_view()
-        else:
-            _grid(self.viewer).enabled = False
-            preview.opacity = 0.5
-            preview.blending = "additive"
+    def _memory_ok(self, pipeline, batch: int, what: str) -> bool:
+        """Estimate the simulation's memory first (``sim.budget``); refuse, naming what to change."""
+        from ..errors import MemoryBudgetError
+        from ..sim.budget import estimate_render, format_bytes, memory_budget
+
+        est = estimate_render(pipeline, batch, what=what)
+        try:
+            est.check()
+        except MemoryBudgetError as exc:
+            self.memory_label.value = f"! {exc}"
+            notify(f"Not simulated: {exc}", "error")
+            return False
+        self.memory_label.value = f"memory: {format_bytes(est.bytes)} of {format_bytes(memory_budget())}"
+        return True
+
+    def _compare_changed(self, on=None, *_):
+        """Grid view to compare preview and data; turning it off restores the user's grid and camera."""
+        grid, camera = _grid(self.viewer), self.viewer.camera
+        if self.compare.value:
+            if self._saved_view is None:
+                self._saved_view = {
+                    "grid": bool(grid.enabled),
+                    "center": tuple(camera.center),
+                    "zoom": float(camera.zoom),
+                }
+            grid.enabled = True
+        elif self._saved_view is not None:
+            saved, self._saved_view = self._saved_view, None
+            grid.enabled = saved["grid"]
+            camera.center, camera.zoom = saved["center"], saved["zoom"]
 
     # ------------------------------------------------------------------ files
     def save_config(self, path: str | Path | None = None) -> Path | None:
@@ -575,6 +613,14 @@ def _match(template, frames: np.ndarray, px: float | None):
     stats = estimate_statistics(frames, px)
     matched = match_pipeline(template, frames, px, stats=stats, match_shape=True)
     return matched, stats
+
+
+def _set_decimals(widgets: dict) -> None:
+    """Show enough digits (a gain of 0.0035 or a wavelength of 0.447 um must not be rounded)."""
+    for w, decimals in widgets.items():
+        value = w.value
+        w.native.setDecimals(int(decimals))
+        w.value = value
 
 
 def _simulate_preview(pipeline, n: int, seed: int, frames: np.ndarray | None) -> dict:

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import queue
 import threading
+import time
 from pathlib import Path
 
 from magicgui.widgets import (
@@ -27,7 +28,8 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from ._layers import notify
+from ._dock import scroll_form
+from ._layers import notify, start_worker
 from ._session import session_for
 
 __all__ = ["TrainWidget", "crop_simulation", "train_events"]
@@ -147,7 +149,7 @@ class TrainWidget(Container):
         self.save_btn = PushButton(text="Save bundle...")
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
         self.status = Label(value="idle")
-        super().__init__(
+        self.form = Container(
             widgets=[
                 self.preset,
                 self.description,
@@ -162,20 +164,24 @@ class TrainWidget(Container):
                 self.time_limit,
                 self.device,
                 self.seed,
-                Container(
-                    widgets=[self.train_btn, self.stop_btn, self.save_btn], layout="horizontal", labels=False
-                ),
-                self.progress,
-                self.status,
-            ],
-            scrollable=True,
+            ]
         )
+        super().__init__(widgets=[])
         self.plot = LossPlot()
-        holder = QWidget()
-        lay = QVBoxLayout(holder)
-        lay.setContentsMargins(0, 0, 0, 0)
+        footer = QWidget()
+        lay = QVBoxLayout(footer)
+        lay.setContentsMargins(4, 0, 4, 4)
+        for w in (
+            Container(
+                widgets=[self.train_btn, self.stop_btn, self.save_btn], layout="horizontal", labels=False
+            ),
+            self.progress,
+            self.status,
+        ):
+            lay.addWidget(w.native)
         lay.addWidget(self.plot)
-        self.native.layout().addWidget(holder)
+        scroll_form(self, self.form, footer=footer)
+        self.status.native.setWordWrap(True)
         self.stop_btn.enabled = False
         self.save_btn.enabled = False
         self.task = None
@@ -246,28 +252,14 @@ class TrainWidget(Container):
                     "the Simulate widget has no valid simulation: open Plugins > DeepTrack > Simulate "
                     "and Match to layer, or untick 'train on the Simulate widget's simulation'"
                 )
-            mine = crop_simulation(full, task.pipeline.image_shape)
-            keep = [
-                t
-                for t in task.pipeline.transforms
-                if type(t).__name__ not in ("Background", "Poisson", "ReadNoise", "Camera")
-            ]
-            task.pipeline = mine.with_(
-                targets=task.pipeline.targets,
-                transforms=mine.transforms + keep,
-                min_distance_px=task.pipeline.min_distance_px,
-            )
-            px = getattr(mine.optics, "pixel_size_um", None)
-            if px:
-                task.pixel_size_um = float(px)
+            # the simulation's sample, optics and noise; the task's targets; the pixel size of the optics
+            task = task.with_simulation(crop_simulation(full, task.pipeline.image_shape))
         task.training = {**task.training, "validation_size": int(self.validation_size.value)}
         return task
 
     # ------------------------------------------------------------------ training
     def start_training(self, *_):
         """Build everything on the main thread, then train in a worker; returns the worker (or None)."""
-        from napari.qt.threading import create_worker
-
         from ..train.events import StopFlag
 
         if self.worker is not None:
@@ -285,22 +277,25 @@ class TrainWidget(Container):
                 "num_workers": 0,
                 "max_seconds": 60.0 * float(self.time_limit.value) if self.time_limit.value > 0 else None,
             }
+            from ..sim.budget import estimate_render
             from ..train.seeding import resolve_device
 
             resolve_device(settings["device"])
-        except (ValueError, RuntimeError, TypeError) as exc:
+            # the training batch is simulated on the fly: refuse what cannot fit before starting
+            estimate_render(task.pipeline, settings["batch_size"], what="a training batch").check()
+        except (ValueError, RuntimeError, TypeError, MemoryError) as exc:
             notify(f"Cannot train: {exc}", "error")
             return None
         self.task, self.settings = task, settings
+        self._t0 = time.perf_counter()
         self.plot.clear()
         self.progress.max = settings["epochs"] * settings["steps_per_epoch"]
         self.progress.value = 0
         self.status.value = "simulating the validation set..."
         self._stop_flag = StopFlag()
-        worker = create_worker(train_events, task, self._stop_flag, **settings, _start_thread=False)
+        worker = start_worker(train_events, task, self._stop_flag, **settings, error="Training failed")
         worker.yielded.connect(self._on_event)
         worker.returned.connect(self._on_done)
-        worker.errored.connect(lambda exc: notify(f"Training failed: {exc}", "error"))
         worker.finished.connect(self._finished)
         self.worker = worker
         self.train_btn.enabled = False
@@ -314,6 +309,15 @@ class TrainWidget(Container):
             self._stop_flag.stop()
             self.status.value = "stopping after this batch..."
 
+    def _eta(self, ev: dict):
+        """The trainer's ETA, never beyond the time limit (the first estimates ignore it)."""
+        eta = ev.get("eta_s")
+        limit = (self.settings or {}).get("max_seconds")
+        if limit:
+            left = max(float(limit) - (time.perf_counter() - self._t0), 0.0)
+            eta = left if eta is None or eta != eta else min(float(eta), left)
+        return eta
+
     def _on_event(self, ev: dict) -> None:
         self.last_event = ev
         self.plot.add_event(ev)
@@ -323,12 +327,12 @@ class TrainWidget(Container):
             self.progress.value = min(int(ev["step"]), self.progress.max)
             self.status.value = (
                 f"epoch {ev['epoch'] + 1}/{ev['epochs']}  loss {ev['loss']:.4g}  "
-                f"{ev['samples_per_s']:.0f} img/s  ETA {_fmt_eta(ev.get('eta_s'))}"
+                f"{ev['samples_per_s']:.0f} img/s  ETA {_fmt_eta(self._eta(ev))}"
             )
         elif ev["type"] == "epoch":
             self.status.value = (
                 f"epoch {ev['epoch'] + 1}/{ev['epochs']}  loss {ev['loss']:.4g}  "
-                f"val {ev['val_loss']:.4g}  ETA {_fmt_eta(ev.get('eta_s'))}"
+                f"val {ev['val_loss']:.4g}  ETA {_fmt_eta(self._eta(ev))}"
             )
 
     def _on_done(self, result) -> None:

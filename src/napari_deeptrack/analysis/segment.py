@@ -13,12 +13,20 @@ leading frame coordinate for stacks).
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from scipy import ndimage
 
 from ..sim.params import check_range
 from .detect import as_stack
 
-__all__ = ["instance_labels", "labels_to_shapes", "relabel_per_frame"]
+__all__ = [
+    "filter_instances",
+    "instance_labels",
+    "instance_table",
+    "keep_lut",
+    "labels_to_shapes",
+    "relabel_per_frame",
+]
 
 
 def _plane_connectivity() -> np.ndarray:
@@ -210,3 +218,62 @@ def labels_to_shapes(
             data.append(verts)
             types.append(st)
     return data, types
+
+
+def instance_table(labels, probability=None) -> pd.DataFrame:
+    """One row per instance of ``labels`` ([H, W] or [T, H, W], ids unique over the stack).
+
+    Columns: ``label``, ``frame``, ``area`` (px), ``probability`` (mean of ``probability`` over the
+    instance, 1 when not given) and ``border`` (touches the image edge). Vectorised (bincount), so it is
+    cheap enough to recompute after every run.
+    """
+    lab, _ = as_stack(np.asarray(labels))
+    lab = lab.astype(np.int64, copy=False)
+    n = int(lab.max(initial=0)) + 1
+    flat = lab.ravel()
+    area = np.bincount(flat, minlength=n)
+    frame_idx = np.repeat(np.arange(lab.shape[0]), lab.shape[1] * lab.shape[2])
+    frame = np.zeros(n, np.int64)
+    frame[flat] = frame_idx
+    if probability is not None:
+        prob_stack, _ = as_stack(np.asarray(probability, dtype=np.float64))
+        psum = np.bincount(flat, weights=prob_stack.ravel(), minlength=n)
+        prob = psum / np.maximum(area, 1)
+    else:
+        prob = np.ones(n)
+    edge = np.concatenate(
+        [lab[:, 0, :].ravel(), lab[:, -1, :].ravel(), lab[:, :, 0].ravel(), lab[:, :, -1].ravel()]
+    )
+    border = np.zeros(n, bool)
+    border[np.unique(edge)] = True
+    ids = np.nonzero(area[1:])[0] + 1
+    return pd.DataFrame(
+        {
+            "label": ids,
+            "frame": frame[ids],
+            "area": area[ids],
+            "probability": prob[ids],
+            "border": border[ids],
+        }
+    )
+
+
+def filter_instances(
+    table, threshold: float = 0.0, min_area_px: float = 0, exclude_border: bool = False
+) -> np.ndarray:
+    """Which instances of :func:`instance_table` to keep: mean probability >= ``threshold``, area >=
+    ``min_area_px`` and, with ``exclude_border``, not touching the image edge (boolean per row)."""
+    keep = (table["probability"].to_numpy() >= float(threshold)) & (
+        table["area"].to_numpy() >= float(min_area_px)
+    )
+    if exclude_border:
+        keep &= ~table["border"].to_numpy(dtype=bool)
+    return keep
+
+
+def keep_lut(table, keep: np.ndarray, max_label: int) -> np.ndarray:
+    """Look-up table ``lut[label] -> label or 0`` that removes the instances not kept (``lut[labels]``)."""
+    lut = np.zeros(int(max_label) + 1, np.int32)
+    ids = table["label"].to_numpy()[np.asarray(keep, bool)]
+    lut[ids] = ids
+    return lut
