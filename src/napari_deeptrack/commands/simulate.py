@@ -81,11 +81,24 @@ def load_simulation(source: str):
         sim = obj.pipeline
     else:
         raise ValueError(f"{name} holds a {type(obj).__name__}; expected a Task, Pipeline or Movie")
+    _check_structure(sim.pipeline if isinstance(sim, Movie) else sim, name)
     optics = (sim.pipeline if isinstance(sim, Movie) else sim).optics
     opx = getattr(optics, "pixel_size_um", None)
     if opx is None and getattr(optics, "camera_pixel_um", None) and getattr(optics, "magnification", None):
         opx = float(optics.camera_pixel_um) / float(optics.magnification)
     return sim, (float(opx) if opx else (float(px) if px else None)), name
+
+
+def _check_structure(pipeline, name: str) -> None:
+    """A decoded configuration has the right kinds of objects where the simulation needs them."""
+    from ..errors import ConfigError
+    from ..sim import Optics, Particles
+
+    if not isinstance(pipeline.optics, Optics):
+        raise ConfigError(f"{name}: 'optics' must be an optics object, got {type(pipeline.optics).__name__}")
+    parts = pipeline.particles
+    if not isinstance(parts, list) or not all(isinstance(p, Particles) for p in parts):
+        raise ConfigError(f"{name}: 'particles' must be a list of Particles objects")
 
 
 def simulate_stack(sim, frames: int, seed: int, batch_size: int = 16, device: str = "cpu"):
