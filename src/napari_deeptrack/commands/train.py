@@ -143,16 +143,21 @@ def _match(task, image_path: str, pixel_size_um: float | None, channel=None, ove
 
 
 def _print_verdict(pipeline, image) -> None:
-    """Compare 4 matched simulated images with (a crop of) the real data; print the per-component verdict."""
+    """Compare 8 matched training images with 8 tiles of the real data of the same size; print the
+    per-component verdict (analysis.realism.sim_real_distance)."""
+    import numpy as np
+
     from ..analysis.realism import sim_real_distance
 
-    h, w = (min(s, 256) for s in image.shape[-2:])
-    real = image[: min(len(image), 4), :h, :w]
-    sim = pipeline.with_(image_shape=(h, w))(4, seed=0).image[:, 0].numpy()
+    h, w = (min(a, b) for a, b in zip(pipeline.image_shape, image.shape[-2:]))
+    ny, nx = image.shape[-2] // h, image.shape[-1] // w
+    tiles = image[:, : ny * h, : nx * w].reshape(len(image), ny, h, nx, w).swapaxes(2, 3).reshape(-1, h, w)
+    real = tiles[np.linspace(0, len(tiles) - 1, min(8, len(tiles))).round().astype(int)]
+    sim = pipeline.with_(image_shape=(h, w))(8, seed=0).image[:, 0].numpy()
     d = sim_real_distance(sim, real)
     comps = ", ".join(f"{k} {v:.2f}{'' if d['ok'][k] else '!'}" for k, v in d["components"].items())
     verdict = f"{d['verdict']} (distance {d['distance']:.2f}; {comps})"
-    print(f"matched simulation vs image: {verdict}", file=sys.stderr)
+    print(f"matched simulation vs {len(real)} real tiles of {h}x{w}: {verdict}", file=sys.stderr)
     for reason in d["reasons"]:
         print(f"  - {reason}", file=sys.stderr)
 
