@@ -70,7 +70,8 @@ def test_points_writer_round_trips_features(tmp_path):
     layer.shown = feats["probability"].to_numpy() > 0.5
     data, meta, _ = layer.as_layer_data_tuple()
     (path,) = write_points(str(tmp_path / "shown.csv"), data, meta)
-    assert len(pd.read_csv(path)) == 2
+    assert open(path).readline().startswith("# napari-deeptrack scale=")  # scale/units header line
+    assert len(pd.read_csv(path, skiprows=1)) == 2
 
 
 def test_labels_writer_keeps_pixel_size(tmp_path):
@@ -230,3 +231,68 @@ def test_open_sample_hologram(make_napari_viewer):
     sym_at = np.array([symmetry(y, x) for y, x in truth.data[:, 1:]])
     sym_off = np.array([symmetry(y + 4, x) for y, x in truth.data[:, 1:]])
     assert (sym_at > sym_off).all() and sym_at.max() > 0.5
+
+
+# ---------------------------------------------------------------------------- round trips (issue 11.6)
+def test_points_csv_round_trips_scale_and_units_through_napari(make_napari_viewer, tmp_path):
+    """A Points CSV of a um-scaled image re-opened at scale 1 (2.85x off); now the header keeps it."""
+    viewer = make_napari_viewer()
+    pts = viewer.add_points(
+        [[0, 10.0, 20.0], [1, 30.0, 5.0]],
+        scale=(1.0, 0.351, 0.351),
+        translate=(0.0, 2.0, 3.0),
+        units=("second", "um", "um"),
+        features={"probability": [0.9, 0.8]},
+    )
+    path = str(tmp_path / "det.csv")
+    data, meta, _ = pts.as_layer_data_tuple()
+    (written,) = write_points(path, data, meta)
+    (back,) = viewer.open(written, plugin="napari-deeptrack")
+    assert type(back).__name__ == "Points"
+    np.testing.assert_allclose(back.data, pts.data)
+    assert tuple(back.scale) == pytest.approx((1.0, 0.351, 0.351))
+    assert tuple(back.translate) == pytest.approx((0.0, 2.0, 3.0))
+    assert [str(u) for u in back.units][-2:] == ["micrometer", "micrometer"]
+    np.testing.assert_allclose(back.features["probability"], [0.9, 0.8])
+    # same place in the world: a point lands on the same um position
+    np.testing.assert_allclose(back.data_to_world(back.data[0]), pts.data_to_world(pts.data[0]))
+
+
+def test_labels_tiff_reopens_as_labels(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    lab = np.zeros((2, 24, 24), np.int32)
+    lab[0, 2:6, 3:9] = 1
+    lab[1, 10:20, 10:12] = 7
+    layer = viewer.add_labels(lab, scale=(1.0, 0.2, 0.2), units=("pixel", "um", "um"))
+    data, meta, _ = layer.as_layer_data_tuple()
+    (path,) = write_labels(str(tmp_path / "labels.tif"), data, meta)
+    (back,) = viewer.open(path, plugin="napari-deeptrack")
+    assert type(back).__name__ == "Labels"  # was re-opened as an Image layer
+    np.testing.assert_array_equal(np.asarray(back.data), lab)
+    assert tuple(back.scale)[-2:] == pytest.approx((0.2, 0.2))
+
+
+def test_tracks_round_trip_through_trackmate_xml(make_napari_viewer, tmp_path):
+    from napari_deeptrack._napari._writer import write_tracks_trackmate
+
+    viewer = make_napari_viewer()
+    tracks = np.array([[0, 0, 10.0, 10.0], [0, 1, 11.0, 10.5], [1, 0, 30.0, 5.0], [1, 1, 31.0, 6.0]])
+    layer = viewer.add_tracks(tracks, scale=(0.5, 0.2, 0.2), units=("second", "um", "um"))
+    data, meta, _ = layer.as_layer_data_tuple()
+    (path,) = write_tracks_trackmate(str(tmp_path / "tracks.xml"), data, meta)
+    back = [lyr for lyr in viewer.open(path, plugin="napari-deeptrack") if type(lyr).__name__ == "Tracks"]
+    assert len(back) == 1
+    got = np.asarray(back[0].data)
+    assert len(got) == 4 and len(np.unique(got[:, 0])) == 2
+    np.testing.assert_allclose(np.sort(got[:, 2]), np.sort(tracks[:, 2]), atol=1e-6)
+    assert tuple(back[0].scale)[-2:] == pytest.approx((0.2, 0.2))
+
+
+def test_reader_declines_files_it_cannot_read(tmp_path):
+    """napari then tries its other readers instead of showing our error."""
+    bad = tmp_path / "not_a_tiff.tif"
+    bad.write_bytes(b"this is not a TIFF file at all")
+    assert get_reader(str(bad)) is None
+    weird = tmp_path / "weird.csv"
+    weird.write_bytes(b"\x00\x01\x02")
+    assert get_reader(str(weird)) is None

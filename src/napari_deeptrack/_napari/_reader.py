@@ -20,7 +20,8 @@ def get_reader(path):
         path = path[0]
     p = str(path).lower()
     if p.endswith((".tif", ".tiff")):
-        return read_tiff
+        # a file we cannot open goes back to napari (None), which then tries its other readers
+        return read_tiff if _is_tiff(path) else None
     if p.endswith(".csv") and _is_points_csv(path):
         return read_points_csv
     if p.endswith(".xml") and _is_trackmate(path):
@@ -55,10 +56,26 @@ def read_trackmate_xml(path):
     return layers
 
 
+def _is_tiff(path) -> bool:
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            return len(tif.pages) > 0
+    except Exception:  # noqa: BLE001 - any failure: not ours to read
+        return False
+
+
+def _first_line(path) -> str:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return fh.readline().rstrip("\r\n")
+
+
 def _is_points_csv(path) -> bool:
     try:
-        head = pd.read_csv(path, nrows=1)
-    except Exception:
+        skip = 1 if _first_line(path).startswith("#") else 0
+        head = pd.read_csv(path, nrows=1, skiprows=skip)
+    except Exception:  # noqa: BLE001 - any failure: not ours to read
         return False
     return any(str(c).startswith("axis-") for c in head.columns)
 
@@ -81,7 +98,14 @@ def read_tiff(path):
             kwargs["metadata"]["pixel_size_um"] = s
             kwargs["scale"] = (1.0,) * lead + (s, s)
             kwargs["units"] = ("pixel",) * lead + ("um", "um")
-        layers.append((data, kwargs, "image"))
+        kind = "image"
+        if str(kwargs["metadata"].get("napari_layer", "")) == "labels" and np.issubdtype(
+            data.dtype, np.integer
+        ):
+            kind = "labels"  # written by the Labels writer
+            for key in ("rgb",):
+                kwargs.pop(key, None)
+        layers.append((data, kwargs, kind))
     return layers
 
 
@@ -89,12 +113,16 @@ def read_points_csv(path):
     """Read a CSV written by the Points writer (``axis-*`` coordinates + feature columns)."""
     paths = path if isinstance(path, list) else [path]
     layers = []
+    from ._writer import parse_spatial_header
+
     for p in paths:
-        table = pd.read_csv(p)
+        spatial = parse_spatial_header(_first_line(p))
+        table = pd.read_csv(p, skiprows=1 if _first_line(p).startswith("#") else 0)
         coords = [c for c in table.columns if str(c).startswith("axis-")]
         coords.sort(key=lambda c: int(str(c).split("-")[1]))
         data = table[coords].to_numpy(dtype=float) if len(table) else np.zeros((0, len(coords)))
         features = table.drop(columns=coords).reset_index(drop=True)
         kwargs = {"name": Path(p).stem, "features": features, "metadata": {"source_path": str(p)}}
+        kwargs.update({k: v for k, v in spatial.items() if len(v) == data.shape[1]})
         layers.append((data, kwargs, "points"))
     return layers

@@ -49,12 +49,44 @@ def write_points(path: str, data, meta: dict) -> list[str]:
     shown = meta.get("shown")
     if shown is not None and len(shown) == len(table):
         table = table[np.asarray(shown, dtype=bool)]
-    scale = meta.get("scale")
-    if scale is not None:
-        table.attrs["scale"] = list(scale)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(path, index=False)
+    header = spatial_header(meta, sum(str(c).startswith("axis-") for c in table.columns))
+    tmp = Path(path).with_name(Path(path).name + ".part")
+    with open(tmp, "w", newline="") as fh:  # atomic: a failed write never leaves half a file
+        fh.write(header + "\n")
+        table.to_csv(fh, index=False)
+    tmp.replace(path)
     return [path]
+
+
+#: First line of the plugin's CSV files: the layer's scale, translate and units, so the points re-open
+#: in the same physical place (a Points CSV of a um-scaled image otherwise re-opens at scale 1).
+CSV_HEADER = "# napari-deeptrack"
+
+
+def spatial_header(meta: dict, ndim: int) -> str:
+    """``# napari-deeptrack scale=1,0.1,0.1 translate=0,0,0 units=pixel,um,um`` for ``ndim`` axes."""
+    parts = [CSV_HEADER]
+    for key in ("scale", "translate", "units"):
+        value = meta.get(key)
+        if value is not None and len(value) == ndim:
+            parts.append(f"{key}=" + ",".join(str(v) for v in value))
+    return " ".join(parts)
+
+
+def parse_spatial_header(line: str) -> dict:
+    """Inverse of :func:`spatial_header` (empty dict for any other first line)."""
+    if not line.startswith(CSV_HEADER):
+        return {}
+    out: dict = {}
+    for token in line[len(CSV_HEADER) :].split():
+        key, _, value = token.partition("=")
+        items = value.split(",")
+        if key in ("scale", "translate"):
+            out[key] = tuple(float(v) for v in items)
+        elif key == "units":
+            out[key] = tuple(items)
+    return out
 
 
 def write_labels(path: str, data, meta: dict) -> list[str]:
@@ -75,7 +107,8 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
             pixel_size = float(scale[-1]) * factor
     data = np.asarray(data)
     data = data.astype(np.uint16) if data.max(initial=0) <= 65535 and data.min(initial=0) >= 0 else data
-    write_tiff(path, data, pixel_size_um=pixel_size)
+    # napari_layer=labels: the reader opens it as a Labels layer again, not as an image
+    write_tiff(path, data, pixel_size_um=pixel_size, napari_layer="labels")
     return [path]
 
 
