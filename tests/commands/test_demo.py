@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
+from napari_deeptrack.analysis.metrics import tracking_metrics
 from napari_deeptrack.cli import main
-from napari_deeptrack.demo import demo_settings, simulate_movie, tracking_metrics
+from napari_deeptrack.demo import demo_settings, simulate_movie
 from napari_deeptrack.io.tiff import read_tiff
 from napari_deeptrack.report import jsonable, plot_overlay, write_report
 
@@ -50,7 +51,7 @@ def test_quick_demo_cli_reaches_f1_floor_and_writes_report(tmp_path, capsys):
 
     for name in ("report.md", "metrics.json", "overlay.png", "loss_curve.png", "tracks.png", "msd.png",
                  "movie.tif", "truth.csv", "detections.csv", "tracks.csv", "model/config.json",
-                 "model/weights.safetensors"):
+                 "model/weights.safetensors", "tracks_trackmate.xml", "model_bioimageio.zip"):
         assert (out / name).stat().st_size > 0, name
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
