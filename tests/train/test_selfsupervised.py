@@ -62,7 +62,7 @@ def test_loss_is_zero_for_an_exact_equivariant_estimator_and_positive_otherwise(
         out[i, 0] = (cy - cells[:, None]) / stride
         out[i, 1] = (cx - cells[None, :]) / stride
     loss = LodeSTARLoss({"copies": 4})
-    equi, within = loss.terms(out, meta)
+    equi, within, _ = loss.terms(out, meta)
     assert within.item() < 1e-4 and equi.item() < 0.1
     out[0, 0] += 0.5  # one copy of 8 off by a pixel in y: mean |deviation| rises by (0.75 + 3 * 0.25) / 8
     assert loss.terms(out, meta)[0].item() == pytest.approx(equi.item() + 0.1875, abs=0.02)

@@ -57,6 +57,7 @@ LODESTAR_LOSS = {
     "within_weight": 1.0,
     "noise": 1.0,  # up to 1 background sigma of extra noise: the network must not learn the crop's noise
     "gain": [0.8, 1.25],
+    "mass_weight": 0.1,
 }
 LODESTAR_POSTPROCESS = {
     "method": "lodestar",

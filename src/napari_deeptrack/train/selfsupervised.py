@@ -62,6 +62,7 @@ LOSS_DEFAULTS: dict[str, Any] = {
     "within_weight": 1.0,  # weight of the within-crop consistency term
     "noise": 1.0,  # extra Gaussian noise, up to this many background-noise sigmas
     "gain": [0.8, 1.25],  # random contrast gain about the background
+    "mass_weight": 0.1,  # anchors each crop's summed vote weight near 1 (see LodeSTARLoss)
 }
 
 MIN_OBJECT_SNR = 5.0  # the crop's object must stand this many (smoothed) noise sigmas above background
@@ -363,7 +364,14 @@ class TransformedCrops(IterableDataset):
 
 # ---------------------------------------------------------------------------- loss
 class LodeSTARLoss(Loss):
-    """Equivariance + within-crop consistency (both L1, in pixels); see the module docstring."""
+    """Equivariance + within-crop consistency (both L1, in pixels; see the module docstring), plus a
+    mass anchor ``mass_weight * log(sum of the crop's weights)^2``.
+
+    The two consistency terms only see *normalised* weights, so nothing fixes their absolute level:
+    left free, the logits drift until the weights of a slightly dimmer object underflow to zero and
+    those of a brighter one spread over the background. The anchor keeps one training object's mass
+    near 1, so masses of other objects scale smoothly with their brightness and size.
+    """
 
     name = "lodestar"
 
@@ -374,7 +382,7 @@ class LodeSTARLoss(Loss):
             raise ValueError(f"lodestar loss: copies must be 2, 4, 8, 16, 32 or 64, got {copies}")
         self.last: dict[str, float] = {}
 
-    def terms(self, pred: torch.Tensor, meta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def terms(self, pred: torch.Tensor, meta: torch.Tensor) -> tuple[torch.Tensor, ...]:
         from ..nn.lodestar import votes
 
         meta = meta.to(pred.device)
@@ -385,16 +393,19 @@ class LodeSTARLoss(Loss):
             )
         stride = max(1, int(round(s / pred.shape[-1])))
         pos, w = votes(pred, stride)
-        wn = w / w.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+        mass = w.sum(dim=(-2, -1), keepdim=True)
+        wn = w / mass.clamp_min(1e-12)
         p = (pos * wn[:, None]).sum(dim=(-2, -1))
         within = (wn * (pos - p[:, :, None, None]).abs().sum(1)).sum(dim=(-2, -1)).mean()
         u = back_map(p, meta).view(-1, copies, 2)
         equi = (u - u.mean(1, keepdim=True)).abs().sum(-1).mean()
-        return equi, within
+        anchor = torch.log(mass.clamp_min(1e-12)).pow(2).mean()
+        return equi, within, anchor
 
     def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        equi, within = self.terms(pred, target)
-        return equi + float(self.config["within_weight"]) * within
+        equi, within, anchor = self.terms(pred, target)
+        c = self.config
+        return equi + float(c["within_weight"]) * within + float(c["mass_weight"]) * anchor
 
 
 LOSSES.setdefault("lodestar", LodeSTARLoss)
