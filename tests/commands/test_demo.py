@@ -7,9 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from napari_deeptrack.analysis.metrics import tracking_metrics
 from napari_deeptrack.cli import main
-from napari_deeptrack.demo import demo_settings, simulate_movie
+from napari_deeptrack.demo import demo_settings, simulate_movie, tracking_metrics
 from napari_deeptrack.io.tiff import read_tiff
 from napari_deeptrack.report import jsonable, plot_overlay, write_report
 

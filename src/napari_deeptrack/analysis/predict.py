@@ -617,7 +617,12 @@ def predict_chunks(
         stop = min(start + chunk, hi)
         x = frames.read(start, stop)
         xn = normalize(x, task.input_normalization)
-        if dihedral:
+        lodestar = pp.get("method") == "lodestar"  # self-supervised vote detector (nn/lodestar.py)
+        if lodestar:
+            from ..nn.lodestar import detect_frames
+
+            table, out = detect_frames(model, xn, pp, threshold, int(batch_size), dev)
+        elif dihedral:
             fields = list(getattr(_target(task), "fields", []))
             raw = dihedral_average(model, xn, fields, int(batch_size), dev)
         else:
@@ -631,9 +636,13 @@ def predict_chunks(
                 int(tile_overlap),
                 dev,
             )
-        out = _activation(raw, pp.get("activation", "none")).numpy()
+        if not lodestar:
+            out = _activation(raw, pp.get("activation", "none")).numpy()
         maps = out if out.ndim == 4 else out.reshape(len(out), -1)
-        det, labels, counts = rule.measure(RawOutput(task, out, xn, thr, pp, min_signal))
+        if lodestar:
+            det, labels, counts = pd.DataFrame(table), None, _per_frame(pd.DataFrame(table), len(xn))
+        else:
+            det, labels, counts = rule.measure(RawOutput(task, out, xn, thr, pp, min_signal))
         det = det.copy()
         det["frame"] = det["frame"].to_numpy().astype(np.int64) + start
         if labels is not None:

@@ -15,7 +15,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Validate a model bundle (schema, checksum, weights) and print "
         "what it records: task, model, normalisation, pixel size, training, validation.",
     )
-    p.add_argument("bundle", help="bundle folder or .zip")
+    p.add_argument("bundle", help="bundle folder or .zip, or a preset name with a starter model")
     p.add_argument("--json", action="store_true", help="print the full config.json")
     return p
 
@@ -101,7 +101,9 @@ def summarize(cfg: dict) -> str:
 
 def run(args) -> int:
     from ..io.bundle import load_bundle, read_bundle_config
+    from ..io.starters import resolve_bundle
 
+    args.bundle = str(resolve_bundle(args.bundle))  # a preset name -> its shipped starter model
     cfg = read_bundle_config(args.bundle)
     if cfg["model"].get("type") != "custom":
         load_bundle(args.bundle)  # validates weights, checksum and that they fit the model
