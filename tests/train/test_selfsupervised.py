@@ -154,3 +154,10 @@ def test_stop_flag_keeps_a_checkpoint(tmp_path, one_torch_thread):
     )
     assert res.history["reason"] == "stopped" and calls.count("epoch") == 1
     assert (tmp_path / "b" / "weights.safetensors").exists()
+
+
+def test_train_task_points_self_supervised_tasks_to_their_own_training():
+    from napari_deeptrack.train import train_task
+
+    with pytest.raises(ValueError, match="--crop"):
+        train_task(get_preset("particles-selfsupervised"))

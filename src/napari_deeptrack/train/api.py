@@ -137,6 +137,13 @@ def train_task(
         schedule compressed to still decay to its end (see :class:`~.trainer.Trainer`).
     """
     from ..io.bundle import load_bundle, save_bundle
+
+    if (task.loss or {}).get("type") == "lodestar":
+        raise ValueError(
+            f"task {task.name!r} is self-supervised: it trains from crops of your own images, not from "
+            "simulated batches. Use train.selfsupervised.train_selfsupervised(task, images, crops) or "
+            "`napari-deeptrack train particles-selfsupervised IMAGE --crop y0,x0,y1,x1 --out BUNDLE`."
+        )
     from ..nn import build_model
 
     s = task.training_settings(
