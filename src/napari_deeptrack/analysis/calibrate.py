@@ -324,13 +324,7 @@ def _replace(obj, **changes):
 
 
 def _optics_pixel_size(optics) -> float | None:
-    px = getattr(optics, "pixel_size_um", None)
-    if px:
-        return float(px)
-    cam, mag = getattr(optics, "camera_pixel_um", None), getattr(optics, "magnification", None)
-    if cam and mag:
-        return float(cam) / float(mag)
-    return None
+    return optics.sample_pixel_um  # the Optics contract: sample-plane pixel (um) or None
 
 
 def match_pipeline(

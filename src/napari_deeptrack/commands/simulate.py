@@ -82,10 +82,7 @@ def load_simulation(source: str):
     else:
         raise ValueError(f"{name} holds a {type(obj).__name__}; expected a Task, Pipeline or Movie")
     _check_structure(sim.pipeline if isinstance(sim, Movie) else sim, name)
-    optics = (sim.pipeline if isinstance(sim, Movie) else sim).optics
-    opx = getattr(optics, "pixel_size_um", None)
-    if opx is None and getattr(optics, "camera_pixel_um", None) and getattr(optics, "magnification", None):
-        opx = float(optics.camera_pixel_um) / float(optics.magnification)
+    opx = (sim.pipeline if isinstance(sim, Movie) else sim).optics.sample_pixel_um
     return sim, (float(opx) if opx else (float(px) if px else None)), name
 
 

@@ -154,6 +154,8 @@ class FlipRotate(Transform):
     Recorded in ``image_params``: ``flip_y``, ``flip_x``, ``rot90_k``.
     """
 
+    kind = "augmentation"
+
     p_flip: float = 0.5
     rot90: bool = True
 
@@ -222,6 +224,8 @@ class Affine(Transform):
     preserve_integral : list of str
         Names of density targets whose integral (count) must be kept: multiplied by the area change.
     """
+
+    kind = "augmentation"
 
     rotation_deg: ParamLike = field(default_factory=lambda: Uniform(-180.0, 180.0))
     scale: ParamLike = field(default_factory=lambda: Uniform(0.9, 1.1))
@@ -324,6 +328,8 @@ class ElasticDeformation(Transform):
     padding_mode, preserve_integral
         As for :class:`Affine` (the area change is the local Jacobian determinant).
     """
+
+    kind = "augmentation"
 
     alpha_px: float = 1.0
     sigma_px: float = 8.0

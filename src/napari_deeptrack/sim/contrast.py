@@ -30,6 +30,8 @@ class InvertContrast(Transform):
     ``Poisson``.
     """
 
+    kind = "signal"
+
     def __call__(self, batch: SimBatch, generator: torch.Generator) -> SimBatch:
         batch.image = -batch.image
         return batch

@@ -116,10 +116,7 @@ class Movie:
         """The pixel size used to convert um to px."""
         if self.pixel_size_um is not None:
             return float(self.pixel_size_um)
-        optics = self.pipeline.optics
-        px = getattr(optics, "pixel_size_um", None)
-        if px is None and getattr(optics, "camera_pixel_um", None) and getattr(optics, "magnification", None):
-            px = float(optics.camera_pixel_um) / float(optics.magnification)
+        px = self.pipeline.optics.sample_pixel_um
         if px is None:
             raise ValueError("pixel_size_um must be given (the optics does not define one)")
         return float(px)

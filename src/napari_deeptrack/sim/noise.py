@@ -54,6 +54,8 @@ class Background(Transform):
     ``scene.image_params``.
     """
 
+    kind = "background"
+
     level: ParamLike = 10.0
     gradient: ParamLike = 0.0
 
@@ -89,6 +91,8 @@ class Background(Transform):
 class Poisson(Transform):
     """Shot noise: replaces expected photons by Poisson-distributed counts (photo-electrons)."""
 
+    kind = "noise"
+
     def __call__(self, batch: SimBatch, generator: torch.Generator) -> SimBatch:
         batch.image = torch.poisson(batch.image.clamp(min=0.0), generator=generator)
         return batch
@@ -104,6 +108,8 @@ class ReadNoise(Transform):
     sigma : float or Distribution
         Read noise in electrons rms (>= 0), drawn per image; stored as ``read_noise_e``.
     """
+
+    kind = "noise"
 
     sigma: ParamLike = 1.5
 
@@ -133,6 +139,8 @@ class Camera(Transform):
     bit_depth : int, optional
         If given, round to integers and clip to ``[0, 2**bit_depth - 1]``.
     """
+
+    kind = "camera"
 
     gain: ParamLike = 1.0
     offset: ParamLike = 100.0
@@ -241,6 +249,8 @@ def normalize_images(
 class Normalize(Transform):
     """Rescale each image and channel with :func:`normalize_images` (same parameters)."""
 
+    kind = "normalization"
+
     mode: str = "percentile"
     low: float = 1.0
     high: float = 99.8
@@ -270,6 +280,8 @@ class IlluminationPhotons(Transform):
         Detected illumination photons per camera pixel (> 0), drawn per image and stored as
         ``illumination_photons`` in ``scene.image_params``. Follow it with ``Poisson()``.
     """
+
+    kind = "signal"
 
     photons_per_px: ParamLike = 100.0
 
@@ -301,6 +313,8 @@ class NormalizeWithTarget(Transform):
     low, high : float
         Percentiles (``0 <= low < high <= 100``), as for ``normalize_images``.
     """
+
+    kind = "normalization"
 
     target: str = "clean"
     low: float = 1.0

@@ -34,6 +34,18 @@ from .params import IntUniform, ParamLike, check_range, sample
 from .scene import Scene
 from .serialize import register
 
+#: what a :class:`Transform` is (its ``kind``)
+TRANSFORM_KINDS = (
+    "background",  # expected photons added to every pixel
+    "noise",  # random detection noise (shot noise, read noise)
+    "camera",  # detector response (gain, offset, bit depth)
+    "signal",  # scaling or polarity of the optical signal before the noise (illumination, contrast)
+    "normalization",  # rescaling of the image values (as for the network input)
+    "augmentation",  # label-preserving geometric changes (flips, rotations, affine, elastic)
+    "other",
+)
+NOISE_KINDS = ("background", "noise", "camera")
+
 
 # ---------------------------------------------------------------------------- base classes
 class Scatterer:
@@ -52,7 +64,31 @@ class Scatterer:
 
 
 class Optics:
-    """Base class for microscopes. ``render`` turns a scene batch into images [B, C, H, W]."""
+    """Base class for microscopes. ``render`` turns a scene batch into images [B, C, H, W].
+
+    The contract every optics keeps (code outside ``sim`` relies on it, never on class names):
+
+    - :attr:`sample_pixel_um`: the pixel size in the sample plane (um), however the optics was given
+      it (``pixel_size_um``, or ``camera_pixel_um / magnification``); None for optics without a
+      physical pixel (e.g. :class:`~napari_deeptrack.sim.DigitImages`). A :class:`Task` records this
+      value; simulated stacks carry it; calibration and coverage checks compare against it.
+    - :attr:`is_coherent`: True when the image is formed by interference of a coherent field
+      (brightfield, holography: the background is the illumination), False for incoherent imaging
+      (fluorescence: particles add photons to a dark background).
+    """
+
+    #: coherent (field) imaging, e.g. brightfield and holography; False for fluorescence
+    is_coherent = False
+
+    @property
+    def sample_pixel_um(self) -> float | None:
+        """Pixel size in the sample plane (um), or None when the optics has no physical pixel.
+
+        The default reads a ``pixel_size_um`` field; optics that also accept ``camera_pixel_um`` and
+        ``magnification`` override it.
+        """
+        px = getattr(self, "pixel_size_um", None)
+        return float(px) if px else None
 
     def render(
         self, scene: Scene, scatterers: list[Scatterer], generator: torch.Generator
@@ -61,7 +97,20 @@ class Optics:
 
 
 class Transform:
-    """Base class for what happens after imaging: noise, camera, normalisation, augmentation."""
+    """Base class for what happens after imaging: noise, camera, normalisation, augmentation.
+
+    ``kind`` (class attribute) says what a transform is, so that code outside ``sim`` recognises it
+    without class-name strings: one of :data:`TRANSFORM_KINDS`. ``background``, ``noise`` and
+    ``camera`` transforms form the noise model of a real camera (:attr:`is_noise`): calibration
+    fits them to real images, and a simulation matched to a layer replaces a preset's ones.
+    """
+
+    kind = "other"
+
+    @property
+    def is_noise(self) -> bool:
+        """True for the camera's noise model: background, shot / read noise, gain and offset."""
+        return self.kind in NOISE_KINDS
 
     def __call__(self, batch: SimBatch, generator: torch.Generator) -> SimBatch:
         raise NotImplementedError
@@ -308,6 +357,8 @@ def _enforce_min_distance(
 
 
 __all__ = [
+    "NOISE_KINDS",
+    "TRANSFORM_KINDS",
     "IntUniform",
     "Optics",
     "Particles",

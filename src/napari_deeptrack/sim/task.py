@@ -15,7 +15,7 @@ preset factories that build tasks; ``tasks.base`` re-exports this module).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 from .pipeline import Pipeline
@@ -81,8 +81,10 @@ class Task:
     postprocess : dict
         Post-processing settings, e.g. ``{"activation": "sigmoid", "threshold": 0.5}``. ``activation``
         maps network outputs (logits) to what the task reports (``sigmoid``, ``softmax`` or ``none``).
-    pixel_size_um : float
-        Pixel size of the training images in micrometres.
+    pixel_size_um : float, optional
+        Pixel size of the training images in micrometres: the optics' sample-plane pixel
+        (``pipeline.optics.sample_pixel_um``). None takes it from the optics; a value that disagrees
+        with the optics is refused (ValueError). Required only for optics without a physical pixel.
     training : dict
         Training defaults (see :data:`TRAINING_DEFAULTS`).
     """
@@ -98,7 +100,7 @@ class Task:
         default_factory=lambda: {"mode": "percentile", "low": 1.0, "high": 99.8}
     )
     postprocess: dict = field(default_factory=dict)
-    pixel_size_um: float = 0.1
+    pixel_size_um: float | None = None
     training: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -111,8 +113,7 @@ class Task:
                 f"target {self.target!r} is not a pipeline target; "
                 f"pipeline targets: {sorted(self.pipeline.targets)}"
             )
-        if not float(self.pixel_size_um) > 0:
-            raise ValueError(f"pixel_size_um must be > 0, got {self.pixel_size_um}")
+        self.pixel_size_um = _checked_pixel_size(self.pixel_size_um, self.pipeline)
         unknown = sorted(set(self.training) - set(TRAINING_DEFAULTS))
         if unknown:
             raise ValueError(
@@ -132,6 +133,30 @@ class Task:
                 out[k] = v
         return out
 
+    def with_pipeline(self, pipeline: Pipeline) -> Task:
+        """A validated copy that trains on ``pipeline``; its pixel size follows the new optics.
+
+        (Optics without a physical pixel keep the task's pixel size.)
+        """
+        px = None if getattr(pipeline.optics, "sample_pixel_um", None) is not None else self.pixel_size_um
+        return replace(copy.deepcopy(self), pipeline=pipeline, pixel_size_um=px)
+
+    def with_simulation(self, simulation: Pipeline) -> Task:
+        """A copy that trains on another simulation of the sample (e.g. one matched to real images).
+
+        ``simulation`` brings the image shape, particles, optics and noise model (its transforms); the
+        task keeps its targets, its transforms that are not noise (augmentations, normalisations...;
+        :attr:`~napari_deeptrack.sim.pipeline.Transform.is_noise`) and its minimum distance. The pixel
+        size follows the new optics (:meth:`with_pipeline`).
+        """
+        keep = [t for t in self.pipeline.transforms if not t.is_noise]
+        pipeline = simulation.with_(
+            targets=self.pipeline.targets,
+            transforms=list(simulation.transforms) + keep,
+            min_distance_px=self.pipeline.min_distance_px,
+        )
+        return self.with_pipeline(pipeline)
+
     def edited(self, changes: dict[str, Any]) -> Task:
         """A validated copy with fields changed by dotted keys.
 
@@ -148,7 +173,37 @@ class Task:
         obj = copy.deepcopy(self)
         for key, value in changes.items():
             _assign(obj, key, value)
+        if "pixel_size_um" not in changes and any(k.startswith("pipeline") for k in changes):
+            # the pixel size follows the (possibly edited) optics
+            obj.pixel_size_um = _checked_pixel_size(None, obj.pipeline, fallback=self.pixel_size_um)
         return from_dict(to_dict(obj))
+
+
+def _checked_pixel_size(
+    pixel_size_um: float | None, pipeline: Pipeline, fallback: float | None = None
+) -> float:
+    """The task's pixel size: the optics' sample-plane pixel, checked against ``pixel_size_um`` if given."""
+    optics_px = getattr(pipeline.optics, "sample_pixel_um", None)
+    if pixel_size_um is None:
+        pixel_size_um = optics_px if optics_px is not None else fallback
+        if pixel_size_um is None:
+            raise ValueError(
+                f"pixel_size_um must be given: the optics ({type(pipeline.optics).__name__}) "
+                "has no pixel size"
+            )
+    try:
+        px = float(pixel_size_um)
+    except (TypeError, ValueError):
+        raise ValueError(f"pixel_size_um must be a number > 0, got {pixel_size_um!r}") from None
+    if not px > 0 or px == float("inf"):
+        raise ValueError(f"pixel_size_um must be > 0, got {pixel_size_um}")
+    if optics_px is not None and abs(px - float(optics_px)) > 1e-6 * float(optics_px):
+        raise ValueError(
+            f"pixel_size_um {px:.6g} um disagrees with the optics' sample-plane pixel "
+            f"{float(optics_px):.6g} um (its pixel_size_um, or camera_pixel_um / magnification); leave the "
+            "task's pixel_size_um out to take the optics' value"
+        )
+    return px
 
 
 def _decode_value(value: Any) -> Any:

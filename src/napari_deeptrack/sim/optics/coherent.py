@@ -144,6 +144,8 @@ class Brightfield(Optics):
         aliasing: ``pixel <= lambda / (4 NA)`` for intensity, ``lambda / (2 NA)`` for the field).
     """
 
+    is_coherent = True
+
     NA: float = 0.7
     wavelength_um: float = 0.633
     pixel_size_um: float | None = None
