@@ -213,60 +213,6 @@ def detect_movie(
 
 
 # ---------------------------------------------------------------------------- 5. evaluate
-def _assign_truth(detections: pd.DataFrame, truth: pd.DataFrame, tolerance_px: float) -> np.ndarray:
-    """The true track id matched to every detection (-1: false detection), frame by frame."""
-    from .analysis.metrics import match_points
-
-    out = np.full(len(detections), -1, dtype=np.int64)
-    df = detections["frame"].to_numpy()
-    tf = truth["frame"].to_numpy()
-    dp = detections[["y", "x"]].to_numpy(np.float64)
-    tp = truth[["y", "x"]].to_numpy(np.float64)
-    tid = truth["track_id"].to_numpy()
-    for f in np.unique(df):  # small assignment problem per frame (evaluation, not a hot path)
-        di, ti = np.nonzero(df == f)[0], np.nonzero(tf == f)[0]
-        a, b, _ = match_points(dp[di], tp[ti], tolerance_px)
-        out[di[a]] = tid[ti[b]]
-    return out
-
-
-def tracking_metrics(tracks: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
-    """How well the links follow the true particles.
-
-    ``tracks`` needs ``track_id, frame`` and ``truth_track_id`` (the true particle each detection
-    was matched to, -1 for false detections). A link joins consecutive points of a measured track;
-    it is correct when both points belong to the same true particle.
-
-    Returns
-    -------
-    dict
-        ``n_tracks``, ``n_true_tracks``, ``mean_track_length``, ``mean_true_track_length``,
-        ``n_links``, ``link_accuracy`` (correct links / links between two matched detections),
-        ``track_purity`` (mean fraction of a track's matched points on its majority true particle).
-    """
-    t = tracks.sort_values(["track_id", "frame"], kind="stable")
-    same_track = t["track_id"].to_numpy()[1:] == t["track_id"].to_numpy()[:-1]
-    a, b = t["truth_track_id"].to_numpy()[:-1], t["truth_track_id"].to_numpy()[1:]
-    matched = same_track & (a >= 0) & (b >= 0)
-    correct = matched & (a == b)
-    m = t[t["truth_track_id"] >= 0]
-    if len(m):
-        counts = m.groupby(["track_id", "truth_track_id"]).size()
-        purity = float((counts.groupby(level=0).max() / counts.groupby(level=0).sum()).mean())
-    else:
-        purity = float("nan")
-    present = truth[truth["present"]]
-    return {
-        "n_tracks": int(t["track_id"].nunique()),
-        "n_true_tracks": int(present["track_id"].nunique()),
-        "mean_track_length": float(t.groupby("track_id").size().mean()) if len(t) else 0.0,
-        "mean_true_track_length": float(present.groupby("track_id").size().mean()) if len(present) else 0.0,
-        "n_links": int(same_track.sum()),
-        "link_accuracy": float(correct.sum() / matched.sum()) if matched.any() else float("nan"),
-        "track_purity": purity,
-    }
-
-
 def _diffusion(tracks: pd.DataFrame, s: DemoSettings, pixel_size_um: float) -> dict[str, Any]:
     from .analysis.tracking import diffusion_coefficients
 
@@ -320,7 +266,7 @@ def run_demo(
         ``metrics`` (``detection``, ``tracking``, ``diffusion``, ``training``, ``timing`` sections),
         ``paths`` (name -> Path of every file written), ``settings`` (dict), ``elapsed_s``.
     """
-    from .analysis.metrics import detection_metrics
+    from .analysis.metrics import detection_metrics, match_truth_tracks, tracking_metrics
     from .analysis.tracking import link_tracks, track_table
     from .io.bundle import load_bundle
     from .io.tiff import write_tiff
@@ -404,7 +350,7 @@ def run_demo(
         m_thr = detection_metrics(detect_movie(bundle, images, str(dev), float(thr)), present, s.tolerance_px)
         for k in ("f1", "precision", "recall"):
             sweep[f"{k} at {thr:g}"] = m_thr[k]
-    tracks["truth_track_id"] = _assign_truth(tracks, present, s.tolerance_px)
+    tracks["truth_track_id"] = match_truth_tracks(tracks, present, s.tolerance_px)
     trk = tracking_metrics(tracks, truth)
     diff = _diffusion(tracks, s, px)
     true_tracks = present[["frame", "track_id", "y", "x"]]

@@ -6,7 +6,10 @@ Used by ``napari-deeptrack demo`` and reusable by the napari Review widget and t
 - :func:`plot_loss_curve`: training and validation loss per epoch (and per batch when recorded),
 - :func:`plot_tracks`: linked tracks drawn over the movie's mean image,
 - :func:`plot_msd`: the ensemble mean squared displacement with the fitted and the true diffusion,
-- :func:`write_report`: ``metrics.json`` + ``report.md`` (metric tables, figures, files, settings).
+- :func:`write_report`: ``metrics.json`` + ``report.md`` (metric tables, figures, files, settings);
+- :func:`write_validation_report`: one Markdown or HTML page comparing methods (model, fine-tuned model,
+  classical baseline) on the user's corrected frames, with the loss curve, settings, the task's
+  configuration and versions (the napari Review widget's report).
 
 Figures are drawn on a :class:`matplotlib.figure.Figure` with the Agg canvas, never through
 ``pyplot``, so nothing here touches a GUI backend or global plotting state (safe inside napari).
@@ -15,6 +18,7 @@ Figures are drawn on a :class:`matplotlib.figure.Figure` with the Agg canvas, ne
 from __future__ import annotations
 
 import datetime as _dt
+import html
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -31,6 +35,7 @@ __all__ = [
     "plot_tracks",
     "write_metrics_json",
     "write_report",
+    "write_validation_report",
 ]
 
 
@@ -406,3 +411,87 @@ def write_report(
     report_path = root / "report.md"
     report_path.write_text("\n".join(lines))
     return {"report": report_path, "metrics": metrics_path, **figs}
+
+
+def write_validation_report(
+    path: str | Path,
+    metrics: Mapping[str, Mapping[str, Any]],
+    task=None,
+    history: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    notes: str = "",
+    versions: Mapping[str, str] | None = None,
+) -> Path:
+    """Write a validation report (``.md`` or ``.html`` from the suffix) with a loss-curve PNG beside it.
+
+    Follows papers/dl_microscopy_validation_and_reporting.txt: the model version, training data and
+    hyperparameters, validation on data absent from training, and a classical baseline.
+
+    Parameters
+    ----------
+    path : path
+        ``.md``, ``.html`` or ``.htm`` (anything else becomes ``.md``).
+    metrics : dict
+        Method name (``model``, ``baseline``, ``fine-tuned``...) -> metric dict; one table row each.
+    task : Task, optional
+        Serialised into the configuration section.
+    history, settings : dict, optional
+        Training history (loss curves) and settings (hyperparameters).
+    notes : str
+        A paragraph under the title.
+    versions : dict, optional
+        Extra versions (e.g. napari's) added to the package versions recorded in bundles.
+    """
+    from .io.bundle import package_versions
+    from .sim.serialize import to_dict
+
+    path = Path(path)
+    if path.suffix.lower() not in (".md", ".html", ".htm"):
+        path = path.with_suffix(".md")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    png = None
+    if (history or {}).get("epoch"):
+        png = plot_loss_curve(history, path.with_name(path.stem + "_loss.png"))
+    keys: list[str] = []
+    for m in metrics.values():
+        for k, v in m.items():
+            if k not in keys and isinstance(v, int | float):
+                keys.append(k)
+    config = json.dumps(to_dict(task), indent=1) if task is not None else "{}"
+    settings_text = json.dumps(jsonable(dict(settings or {})), indent=1, default=str)
+    all_versions = {**package_versions(), **dict(versions or {})}
+    when = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    title = f"napari-deeptrack validation report: {getattr(task, 'name', 'model')}"
+    if path.suffix.lower() == ".md":
+        lines = [f"# {title}", "", f"Created {when}.", "", notes, ""]
+        lines += ["## Metrics on the corrected frames", ""]
+        lines.append("| method | " + " | ".join(keys) + " |")
+        lines.append("|---|" + "---|" * len(keys))
+        for name, m in metrics.items():
+            lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k, "")) for k in keys) + " |")
+        lines += ["", "## Training", ""]
+        if png:
+            lines.append(f"![loss curves]({png.name})")
+        lines += ["", "Settings:", "", "```json", settings_text, "```", ""]
+        lines += ["## Configuration (task, simulation, model)", "", "```json", config, "```", ""]
+        lines += ["## Versions", "", *[f"- {k}: {v}" for k, v in all_versions.items()]]
+        path.write_text("\n".join(lines) + "\n")
+        return path
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td>"
+        + "".join(f"<td>{_fmt(m.get(k, ''))}</td>" for k in keys)
+        + "</tr>"
+        for name, m in metrics.items()
+    )
+    body = [
+        f"<h1>{html.escape(title)}</h1><p>Created {when}.</p><p>{html.escape(notes)}</p>",
+        "<h2>Metrics on the corrected frames</h2><table border=1><tr><th>method</th>"
+        + "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+        + f"</tr>{rows}</table>",
+        "<h2>Training</h2>" + (f'<img src="{png.name}">' if png else "<p>no training history</p>"),
+        f"<pre>{html.escape(settings_text)}</pre>",
+        f"<h2>Configuration</h2><pre>{html.escape(config)}</pre>",
+        "<h2>Versions</h2><ul>" + "".join(f"<li>{k}: {v}</li>" for k, v in all_versions.items()) + "</ul>",
+    ]
+    path.write_text("<!doctype html><html><body>" + "".join(body) + "</body></html>\n")
+    return path

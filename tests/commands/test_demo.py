@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
+from napari_deeptrack.analysis.metrics import tracking_metrics
 from napari_deeptrack.cli import main
-from napari_deeptrack.demo import demo_settings, simulate_movie, tracking_metrics
+from napari_deeptrack.demo import demo_settings, simulate_movie
 from napari_deeptrack.io.tiff import read_tiff
 from napari_deeptrack.report import jsonable, plot_overlay, write_report
 
@@ -148,7 +149,7 @@ def test_gui_shows_demo_layers_and_widgets(tmp_path, make_napari_viewer):
     assert tuple(viewer.layers["tracks"].scale) == pytest.approx((1.0, 0.1, 0.1))
     assert len(viewer.layers["ground truth"].data) == 2  # only particles in the field of view
     assert viewer.layers["detections"].features["true_track_id"].tolist() == [0, 0]
-    assert plugin_widget_names() == ["Simulate", "Train", "Apply", "Review"]
+    assert plugin_widget_names() == ["Simulate", "Train", "Apply", "Review", "Diffusion (MSD)"]
     docked = " ".join(viewer.window.dock_widgets)
     for name in plugin_widget_names():
         assert name in docked, (name, list(viewer.window.dock_widgets))

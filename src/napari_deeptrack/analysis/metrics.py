@@ -19,6 +19,8 @@ from scipy.optimize import linear_sum_assignment
 from ..sim.params import check_range
 
 __all__ = [
+    "match_truth_tracks",
+    "tracking_metrics",
     "average_precision",
     "classification_metrics",
     "counting_metrics",
@@ -329,6 +331,63 @@ def classification_metrics(pred_labels, true_labels, n_classes: int | None = Non
     k = int(n_classes) if n_classes is not None else int(max(p.max(initial=-1), t.max(initial=-1)) + 1)
     cm = np.bincount(t * k + p, minlength=k * k).reshape(k, k)
     return {"accuracy": float((p == t).mean()) if p.size else float("nan"), "confusion_matrix": cm.tolist()}
+
+
+# ---------------------------------------------------------------------------- tracking
+def match_truth_tracks(detections: pd.DataFrame, truth: pd.DataFrame, tolerance_px: float) -> np.ndarray:
+    """The true track id matched to every detection (-1: false detection), frame by frame.
+
+    Detections and truth are tables ``frame, y, x`` (px); truth also has ``track_id``. Points are
+    matched one-to-one within ``tolerance_px`` (:func:`match_points`).
+    """
+    out = np.full(len(detections), -1, dtype=np.int64)
+    df = detections["frame"].to_numpy()
+    tf = truth["frame"].to_numpy()
+    dp = detections[["y", "x"]].to_numpy(np.float64)
+    tp = truth[["y", "x"]].to_numpy(np.float64)
+    tid = truth["track_id"].to_numpy()
+    for f in np.unique(df):  # small assignment problem per frame (evaluation, not a hot path)
+        di, ti = np.nonzero(df == f)[0], np.nonzero(tf == f)[0]
+        a, b, _ = match_points(dp[di], tp[ti], tolerance_px)
+        out[di[a]] = tid[ti[b]]
+    return out
+
+
+def tracking_metrics(tracks: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
+    """How well the links follow the true particles.
+
+    ``tracks`` needs ``track_id, frame`` and ``truth_track_id`` (the true particle each detection
+    was matched to, -1 for false detections). A link joins consecutive points of a measured track;
+    it is correct when both points belong to the same true particle.
+
+    Returns
+    -------
+    dict
+        ``n_tracks``, ``n_true_tracks``, ``mean_track_length``, ``mean_true_track_length``,
+        ``n_links``, ``link_accuracy`` (correct links / links between two matched detections),
+        ``track_purity`` (mean fraction of a track's matched points on its majority true particle).
+    """
+    t = tracks.sort_values(["track_id", "frame"], kind="stable")
+    same_track = t["track_id"].to_numpy()[1:] == t["track_id"].to_numpy()[:-1]
+    a, b = t["truth_track_id"].to_numpy()[:-1], t["truth_track_id"].to_numpy()[1:]
+    matched = same_track & (a >= 0) & (b >= 0)
+    correct = matched & (a == b)
+    m = t[t["truth_track_id"] >= 0]
+    if len(m):
+        counts = m.groupby(["track_id", "truth_track_id"]).size()
+        purity = float((counts.groupby(level=0).max() / counts.groupby(level=0).sum()).mean())
+    else:
+        purity = float("nan")
+    present = truth[truth["present"]]
+    return {
+        "n_tracks": int(t["track_id"].nunique()),
+        "n_true_tracks": int(present["track_id"].nunique()),
+        "mean_track_length": float(t.groupby("track_id").size().mean()) if len(t) else 0.0,
+        "mean_true_track_length": float(present.groupby("track_id").size().mean()) if len(present) else 0.0,
+        "n_links": int(same_track.sum()),
+        "link_accuracy": float(correct.sum() / matched.sum()) if matched.any() else float("nan"),
+        "track_purity": purity,
+    }
 
 
 def uncertainty_calibration(errors, sigmas) -> dict[str, float]:

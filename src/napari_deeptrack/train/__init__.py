@@ -9,9 +9,9 @@ from .data import (
     make_loader,
     make_validation_set,
     normalize,
-    targets_from_points,
 )
 from .events import ProgressBar, StopFlag, format_event
+from .finetune import mixed_batches, targets_from_points
 from .losses import LOSSES, build_loss
 from .seeding import derive_seed, deterministic_mode, resolve_device
 from .trainer import Trainer
@@ -33,6 +33,7 @@ __all__ = [
     "format_event",
     "make_loader",
     "make_validation_set",
+    "mixed_batches",
     "normalize",
     "resolve_device",
     "targets_from_points",

@@ -30,7 +30,6 @@ __all__ = [
     "make_loader",
     "make_validation_set",
     "normalize",
-    "targets_from_points",
 ]
 
 
@@ -350,38 +349,6 @@ def _flip_rotate(x: torch.Tensor, y: torch.Tensor, g: torch.Generator):
         x = x.transpose(-1, -2)
         y = y.transpose(-1, -2) if spatial else y
     return x.contiguous(), y.contiguous()
-
-
-def targets_from_points(task, points, image_shape: tuple[int, int]) -> torch.Tensor:
-    """Training targets for real images from annotated positions (e.g. corrected napari Points).
-
-    Parameters
-    ----------
-    task : Task
-        Its pipeline target ``task.target`` (``DiskMask``, ``DensityMap``...) is applied to a scene
-        built from the points, exactly as for simulated images.
-    points : sequence of arrays [N_i, 2] or [N_i, 3]
-        Per image: (y, x) in pixels (and z in um).
-    image_shape : (H, W)
-
-    Returns
-    -------
-    Tensor [B, ...]
-        Targets for :class:`ArrayDataset`.
-    """
-    pts = [
-        torch.as_tensor(p, dtype=torch.float32).reshape(-1, torch.as_tensor(p).shape[-1] if len(p) else 2)
-        for p in points
-    ]
-    n_max = max([len(p) for p in pts] + [1])
-    scene = Scene.empty(len(pts), n_max, image_shape)
-    for i, p in enumerate(pts):  # annotations are small; this runs once per fine-tuning session
-        if len(p):
-            if p.shape[1] not in (2, 3):
-                raise ValueError(f"points must be [N, 2] (y, x) or [N, 3] (y, x, z_um), got {tuple(p.shape)}")
-            scene.position[i, : len(p), : p.shape[1]] = p
-            scene.present[i, : len(p)] = True
-    return task.pipeline.targets[task.target](scene)
 
 
 class RealPairCrops(IterableDataset):
