@@ -722,7 +722,7 @@ def load_bioimageio(path: str | Path, weights: str = "auto"):
     from ..sim import Pipeline
     from ..sim.serialize import from_dict
     from ..sim.targets import DiskMask
-    from ..tasks.base import Task
+    from ..sim.task import Task
     from .bundle import Bundle
 
     path = Path(path)
