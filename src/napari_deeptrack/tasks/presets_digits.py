@@ -4,17 +4,9 @@ The paper trains a dense network on MNIST with affine and elastic augmentation. 
 downloaded here, so this preset uses scikit-learn's bundled 8x8 digits (1797 images, 16 grey levels,
 Alpaydin & Kaynak, UCI): the same task on real, not simulated, images.
 
-The real images enter the simulation pipeline through two small registered objects of
-:mod:`napari_deeptrack.sim.digits`, so that the same
-training loop, augmentations (:class:`~napari_deeptrack.sim.Affine`,
-:class:`~napari_deeptrack.sim.ElasticDeformation`) and bundles serve real data:
-
-- :class:`DigitSample` (a scatterer) draws, for every image, one digit of the chosen split and writes
-  its index (``attributes["sample_index"]``) and its label (``class_id``) into the scene;
-- :class:`DigitImages` (the "optics") renders each scene as that digit's image, scaled to [0, 1].
-
-Splits are fixed by ``split_seed`` and stratified by class: ``test`` (``test_fraction`` of all images)
-is never seen in training; ``val`` (``val_fraction`` of the rest) is used for checkpoint selection.
+The real images enter the simulation pipeline through :class:`~napari_deeptrack.sim.DigitSample` and
+:class:`~napari_deeptrack.sim.DigitImages` (``sim/digits.py``, where the splits are defined), so the same
+training loop, augmentations and bundles serve real data. Training draws from the ``train`` split.
 """
 
 from __future__ import annotations
