@@ -101,7 +101,7 @@ def test_export_bioimageio_command(tmp_path, capsys, one_torch_thread):
     assert ".zip" in capsys.readouterr().err
 
 
-def _pass_through_bundle(tmp_path):
+def _pass_through_bundle(tmp_path, kind="detection"):
     """A detection bundle whose depth-0 U-Net maps an image x to sigmoid(8 relu(x) - 4) (hand-set)."""
     from napari_deeptrack.io.bundle import save_bundle
     from napari_deeptrack.nn import build_model
@@ -114,7 +114,7 @@ def _pass_through_bundle(tmp_path):
         optics=Fluorescence(NA=1.2, wavelength_um=0.6, pixel_size_um=0.1),
         targets={"t": DiskMask(radius_px=3)},
     )
-    task = Task(name="pass", kind="detection", description="test", pipeline=pipe, target="t",
+    task = Task(name="pass", kind=kind, description="test", pipeline=pipe, target="t",
                 model={"type": "UNet", "in_channels": 1, "out_channels": 1, "depth": 0, "base_channels": 2,
                        "norm": "none", "convs_per_block": 1},
                 input_normalization={"mode": "none"}, postprocess={"activation": "sigmoid", "threshold": 0.5},
@@ -165,3 +165,21 @@ def test_apply_runs_a_bioimageio_package_and_writes_trackmate(tmp_path, capsys, 
         ["apply", str(pkg), str(tmp_path / "stack.tif"), "--out", str(tmp_path / "x.csv"), "--format", "ctc"]
     )
     assert rc == 2 and "--link" in capsys.readouterr().err
+
+
+def test_apply_labels_as_ome_tiff(tmp_path, capsys, one_torch_thread):
+    from napari_deeptrack.io.ome import read_ome_tiff
+    from napari_deeptrack.io.tiff import write_tiff
+
+    bundle_path = _pass_through_bundle(tmp_path, kind="segmentation")
+    yy, xx = np.mgrid[:40, :48]
+    img = np.zeros((2, 40, 48), np.float32)
+    img[:, (yy - 12) ** 2 + (xx - 12) ** 2 <= 16] = 1.0
+    img[:, (yy - 28) ** 2 + (xx - 30) ** 2 <= 16] = 1.0
+    write_tiff(tmp_path / "stack.tif", img, pixel_size_um=0.1)
+    args = ["apply", str(bundle_path), str(tmp_path / "stack.tif"), "--out", str(tmp_path / "r.csv")]
+    assert main([*args, "--labels-out", str(tmp_path / "lab.ome.tif"), "--frame-interval-s", "2"]) == 0
+    labels, meta = read_ome_tiff(json.loads(capsys.readouterr().out)["labels"])
+    assert labels.shape == (2, 40, 48) and len(np.unique(labels[0])) == 3
+    assert meta["axes"] == "TYX" and meta["pixel_size_um"] == pytest.approx(0.1)
+    assert meta["frame_interval_s"] == pytest.approx(2.0)

@@ -199,7 +199,13 @@ def run(args) -> int:
         from ..io.tiff import write_tiff
 
         lab = res.labels.astype(np.uint16 if res.labels.max(initial=0) < 65536 else np.int32)
-        summary["labels"] = str(write_tiff(args.labels_out, lab, pixel_size_um=px))
+        if str(args.labels_out).lower().endswith((".ome.tif", ".ome.tiff")):  # OME metadata (issue 13)
+            from ..io.ome import write_ome_tiff
+
+            kw = {"pixel_size_um": px, "frame_interval_s": args.frame_interval_s}
+            summary["labels"] = str(write_ome_tiff(args.labels_out, lab, **kw))
+        else:
+            summary["labels"] = str(write_tiff(args.labels_out, lab, pixel_size_um=px))
     if args.link and "track_id" in res.detections:
         summary["tracks"] = int(res.detections["track_id"].nunique())
         if res.diffusion is not None:
