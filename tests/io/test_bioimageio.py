@@ -173,3 +173,19 @@ def test_bad_packages(exported, tmp_path):
         load_bioimageio(tmp_path / "n.zip")
     with pytest.raises(ValueError, match=".zip"):
         export_bioimageio(exported[0], tmp_path / "model.bin")
+
+
+def test_foreign_package_without_our_config_runs_as_image_to_image(exported, tmp_path):
+    b, pkg = exported
+
+    def strip(rdf):
+        rdf.pop("config")
+        rdf["outputs"][0]["postprocessing"] = []
+
+    foreign = load_bioimageio(_rewrite_rdf(pkg, tmp_path / "f.zip", strip))
+    assert foreign.task.kind == "image-to-image" and foreign.pixel_size_um == pytest.approx(0.1)
+    img = np.random.default_rng(1).poisson(10.0, size=(2, 32, 36)).astype(np.float32)
+    res = predict(foreign, img)
+    # no sigmoid declared: the raw network output (the weights still hold the robust normalisation)
+    ours = predict(b, img).maps
+    np.testing.assert_allclose(1 / (1 + np.exp(-res.maps)), ours, atol=1e-5)

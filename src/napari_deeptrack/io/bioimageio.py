@@ -719,7 +719,7 @@ def load_bioimageio(path: str | Path, weights: str = "auto"):
         Not a model package, axes that fit no task kind (3D, time, several inputs...), unsupported
         pre/post-processing or weights formats.
     """
-    from ..sim import Pipeline
+    from ..sim import Fluorescence, Pipeline
     from ..sim.serialize import from_dict
     from ..sim.targets import DiskMask
     from ..sim.task import Task
@@ -780,8 +780,14 @@ def load_bioimageio(path: str | Path, weights: str = "auto"):
         task = Task(
             name=_spec_name(str(rdf.get("name", path.stem))),
             kind=kind,
-            description=str(rdf.get("description", "")),
-            pipeline=Pipeline(image_shape=shape, targets={"output": DiskMask(radius_px=1)}),
+            description=f"bioimage.io package {rdf.get('name', path.stem)}: {rdf.get('description', '')}",
+            # a foreign model has no simulation: a placeholder pipeline at the package's pixel size
+            pipeline=Pipeline(
+                image_shape=shape,
+                particles=[],
+                optics=Fluorescence(NA=1.0, wavelength_um=0.5, pixel_size_um=px),
+                targets={"output": DiskMask(radius_px=1)},
+            ),
             target="output",
             model={"type": "bioimageio", "depth": int(np.log2(_size_step(space)))},
             pixel_size_um=px,
