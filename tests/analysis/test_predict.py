@@ -131,3 +131,21 @@ def test_bad_inputs_are_refused_clearly():
     loc = _task("localization", postprocess={"activation": "none"})
     with pytest.raises(ValueError, match="48x48 crops"):
         predict(Logits(), np.zeros((2, 64, 64)), task=loc)
+
+
+def test_large_frames_are_post_processed_in_bands_with_the_same_detections(monkeypatch):
+    import napari_deeptrack.analysis.predict as pr
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:300, :220]
+    img = np.zeros((2, 300, 220), np.float32)
+    for t in range(2):
+        for y, x in rng.uniform(4, [296, 216], (60, 2)):
+            img[t] += (yy - y) ** 2 + (xx - x) ** 2 <= 9
+    img = np.minimum(img, 1.0)
+    whole = predict(Logits(), img, task=_task(), tile_size=64, tile_overlap=16)
+    monkeypatch.setattr(pr, "BAND_PIXELS", 64 * 220)  # bands of 128 rows (the least) + 32 of context
+    assert len(pr._bands(300, 220)) == 3
+    banded = predict(Logits(), img, task=_task(), tile_size=64, tile_overlap=16)
+    assert len(whole.detections) > 100
+    pd.testing.assert_frame_equal(banded.detections, whole.detections)

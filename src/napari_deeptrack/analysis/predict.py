@@ -180,19 +180,23 @@ def run_model(
         return _batched(model, xp, batch_size, dev)[..., :h, :w]
     ys, xs = _tile_starts(hp, tile, ov), _tile_starts(wp, tile, ov)
     th, tw = min(tile, hp), min(tile, wp)
-    tiles = torch.stack([xp[..., y0 : y0 + th, x0 : x0 + tw] for y0 in ys for x0 in xs], dim=1)
-    out_tiles = _batched(model, tiles.flatten(0, 1), batch_size, dev)
-    out_tiles = out_tiles.view(t, len(ys) * len(xs), *out_tiles.shape[1:])
-    out = torch.zeros(t, out_tiles.shape[2], hp, wp)
-    k = 0
-    for iy, y0 in enumerate(ys):  # assemble: a handful of tile positions
-        for ix, x0 in enumerate(xs):
+    # (frame, tile position) pairs run ``batch_size`` at a time and are written straight into the
+    # output, so memory holds the image, the output and one batch of tiles (whole slides fit)
+    jobs = [(f, iy, ix) for f in range(t) for iy in range(len(ys)) for ix in range(len(xs))]
+    out = None
+    for i in range(0, len(jobs), max(1, int(batch_size))):
+        part = jobs[i : i + max(1, int(batch_size))]
+        batch = torch.stack([xp[f, :, ys[iy] : ys[iy] + th, xs[ix] : xs[ix] + tw] for f, iy, ix in part])
+        res = model(batch.to(dev)).float().cpu()
+        if out is None:
+            out = torch.zeros(t, res.shape[1], hp, wp)
+        for (f, iy, ix), r in zip(part, res):
+            y0, x0 = ys[iy], xs[ix]
             a0 = 0 if iy == 0 else ov
             a1 = th if iy == len(ys) - 1 else th - ov
             b0 = 0 if ix == 0 else ov
             b1 = tw if ix == len(xs) - 1 else tw - ov
-            out[..., y0 + a0 : y0 + a1, x0 + b0 : x0 + b1] = out_tiles[:, k, :, a0:a1, b0:b1]
-            k += 1
+            out[f, :, y0 + a0 : y0 + a1, x0 + b0 : x0 + b1] = r[:, a0:a1, b0:b1]
     return out[..., :h, :w]
 
 
@@ -303,22 +307,52 @@ def _per_frame(det: pd.DataFrame, n: int) -> np.ndarray:
     return np.bincount(det["frame"].to_numpy(), minlength=n).astype(np.float64)
 
 
+#: Frames with more pixels are post-processed (detection) in bands of rows overlapping by
+#: :data:`BAND_OVERLAP_PX` (whole slides: memory of one band, not of the whole frame).
+BAND_PIXELS = 2048 * 2048
+BAND_OVERLAP_PX = 32
+
+
+def _bands(h: int, w: int) -> list[tuple[int, int, int, int]]:
+    """Row bands ``(read_from, read_to, own_from, own_to)`` covering ``h`` rows: each band is read with
+    :data:`BAND_OVERLAP_PX` rows of context and owns the detections whose centre lies in its own rows."""
+    rows = max(4 * BAND_OVERLAP_PX, BAND_PIXELS // max(w, 1))
+    if h * w <= BAND_PIXELS or h <= rows:
+        return [(0, h, 0, h)]
+    edges = list(range(0, h, rows)) + [h]
+    return [
+        (max(a - BAND_OVERLAP_PX, 0), min(b + BAND_OVERLAP_PX, h), a, b)
+        for a, b in zip(edges[:-1], edges[1:])
+    ]
+
+
 def _detection(r: RawOutput) -> Measured:
     # optional brightness filters (off unless the task's postprocess sets them): summed probability
     # ("min_mass") and the integrated normalised input around the detection ("min_signal", in
     # background-noise units with robust normalisation), like trackpy's minmass
     pp = r.postprocess
     min_signal = r.min_signal if r.min_signal is not None else pp.get("min_signal")
-    det = detect_from_map(
-        r.maps[:, 0],
-        r.threshold,
-        method=pp.get("method", "components"),
-        min_distance_px=float(pp.get("disk_radius_px", 3.0)),
-        min_mass=None if pp.get("min_mass") is None else float(pp["min_mass"]),
-        image=None if min_signal is None else r.normalized[:, 0].numpy(),
-        min_signal=None if min_signal is None else float(min_signal),
-        signal_radius_px=float(pp.get("signal_radius_px", pp.get("disk_radius_px", 3.0))),
-    )
+    h, w = r.image_shape
+    tables = []
+    for lo, hi, own_lo, own_hi in _bands(h, w):
+        det = detect_from_map(
+            r.maps[:, 0, lo:hi],
+            r.threshold,
+            method=pp.get("method", "components"),
+            min_distance_px=float(pp.get("disk_radius_px", 3.0)),
+            min_mass=None if pp.get("min_mass") is None else float(pp["min_mass"]),
+            image=None if min_signal is None else r.normalized[:, 0, lo:hi].numpy(),
+            min_signal=None if min_signal is None else float(min_signal),
+            signal_radius_px=float(pp.get("signal_radius_px", pp.get("disk_radius_px", 3.0))),
+        )
+        if (lo, hi) != (0, h):
+            det["y"] += lo
+            keep = (det["y"] >= own_lo - 0.5) & (det["y"] < own_hi - 0.5)
+            det = det[keep.to_numpy()]
+        tables.append(det)
+    det = tables[0] if len(tables) == 1 else pd.concat(tables, ignore_index=True)
+    if len(tables) > 1:
+        det = det.sort_values(["frame", "y", "x"], kind="stable").reset_index(drop=True)
     return det, None, _per_frame(det, r.n_frames)
 
 

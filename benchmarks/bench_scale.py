@@ -1,0 +1,333 @@
+"""Scale: streamed apply on 512x512 Zarr stacks of 100 / 1,000 / 4,000 frames, trackpy side by side, an
+8192x8192 tiled image, and Dask distributed (2 workers) against one process. Prints JSON lines.
+
+Every measurement runs in a fresh Python process (``--case``) so its peak resident memory
+(``ru_maxrss``) is its own. The stacks are simulated once into ``--data`` (uint16 Zarr, one frame per
+chunk): ~30 Gaussian spots (sigma 1.5 px, peak 150 photons over a background of 100, Poisson noise)
+diffusing ~1 px per frame.
+
+The network is a stand-in so that the run measures the streaming machinery (reading, normalising,
+post-processing, writing, linking) rather than the CPU's convolution speed: a depth-0 U-Net with
+hand-set weights whose output is ``sigmoid(2 x - 10)`` of the robust-normalised input (a particle is
+where the signal is 5 noise sigmas above the background). ``--network preset`` uses the
+``particles-2d`` U-Net (untrained weights, for timing only) instead; its cost per 512x512 frame is
+reported by the ``network`` case either way.
+
+Usage::
+
+    python benchmarks/bench_scale.py --data /tmp/scale_data                 # everything
+    python benchmarks/bench_scale.py --data /tmp/scale_data --frames 100 1000 --skip slide
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHAPE = (512, 512)
+CHUNK = 16
+SEARCH_RANGE_PX = 5.0
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+# ---------------------------------------------------------------------------- data and model
+def render_frames(n: int, shape=SHAPE, n_particles: int = 30, seed: int = 0, start_state=None):
+    """Frames ``[n, H, W]`` uint16 of diffusing Gaussian spots (and the particle state at the end)."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    pos = rng.uniform(8, [h - 8, w - 8], (n_particles, 2)) if start_state is None else start_state
+    r = np.arange(-5, 6)
+    out = np.empty((n, h, w), np.uint16)
+    for t in range(n):
+        pos = pos + rng.normal(0, 1.0, pos.shape)
+        pos = np.clip(pos, 8, [h - 9, w - 9])
+        img = np.full(shape, 100.0)
+        base = np.floor(pos).astype(int)
+        dy = (base[:, 0, None] + r)[:, :, None] - pos[:, 0, None, None]
+        dx = (base[:, 1, None] + r)[:, None, :] - pos[:, 1, None, None]
+        spot = 150.0 * np.exp(-(dy**2 + dx**2) / (2 * 1.5**2))
+        yy = np.broadcast_to((base[:, 0, None] + r)[:, :, None], spot.shape)
+        xx = np.broadcast_to((base[:, 1, None] + r)[:, None, :], spot.shape)
+        np.add.at(img, (yy.ravel(), xx.ravel()), spot.ravel())
+        out[t] = np.minimum(rng.poisson(img), 65535)
+    return out, pos
+
+
+def make_stack(path: Path, n: int, seed: int = 0) -> Path:
+    import zarr
+
+    if (path / "zarr.json").exists():
+        return path
+    z = zarr.open_array(str(path) + ".tmp", mode="w", shape=(n, *SHAPE), chunks=(1, *SHAPE), dtype="u2")
+    state = None
+    for s in range(0, n, 100):
+        block, state = render_frames(min(100, n - s), seed=seed + s, start_state=state)
+        z[s : s + len(block)] = block
+    os.replace(str(path) + ".tmp", path)
+    return path
+
+
+def make_bundle(path: Path, network: str) -> Path:
+    import torch
+
+    from napari_deeptrack.io.bundle import save_bundle
+    from napari_deeptrack.nn import build_model
+    from napari_deeptrack.tasks import get_preset
+
+    if (path / "config.json").exists():
+        return path
+    task = get_preset("particles-2d")
+    task.input_normalization = {"mode": "robust"}
+    if network == "preset":
+        model = build_model(task.model)
+    else:
+        task.model = {"type": "UNet", "in_channels": 1, "out_channels": 1, "depth": 0, "base_channels": 2,
+                      "norm": "none", "convs_per_block": 1}  # fmt: skip
+        model = build_model(task.model)
+        convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        with torch.no_grad():
+            for conv in convs:
+                conv.weight.zero_()
+                conv.bias.zero_()
+                k = conv.weight.shape[-1] // 2
+                conv.weight[0, 0, k, k] = 1.0
+            convs[-1].weight[0, 0, 0, 0] = 2.0
+            convs[-1].bias[0] = -10.0
+    return save_bundle(path, model.eval(), task)
+
+
+# ---------------------------------------------------------------------------- cases (child processes)
+def case_stream(a) -> dict:
+    from napari_deeptrack.analysis.batch import batch_apply
+
+    out = Path(a.work) / f"stream_{a.frames}.parquet"
+    out.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    s = batch_apply(a.bundle, a.stack, out, chunk_frames=CHUNK, link=True, search_range_px=SEARCH_RANGE_PX)
+    dt = time.perf_counter() - t0
+    return {"frames_per_s": s.frames / dt, "seconds": dt, "detections": s.detections, "tracks": s.tracks}
+
+
+def case_in_memory(a) -> dict:
+    import zarr
+
+    from napari_deeptrack.analysis.predict import predict
+    from napari_deeptrack.io.bundle import load_bundle
+
+    bundle = load_bundle(a.bundle)
+    t0 = time.perf_counter()
+    stack = np.asarray(zarr.open_array(a.stack, mode="r"))
+    res = predict(
+        bundle, stack, chunk_frames=CHUNK, link=True, search_range_px=SEARCH_RANGE_PX, keep_maps=False
+    )
+    dt = time.perf_counter() - t0
+    det = res.detections
+    return {"frames_per_s": len(stack) / dt, "seconds": dt, "detections": len(det),
+            "tracks": int(det["track_id"].nunique())}  # fmt: skip
+
+
+def case_trackpy(a) -> dict:
+    import pandas as pd
+    import zarr
+
+    from napari_deeptrack.analysis.baselines import locate_trackpy
+    from napari_deeptrack.analysis.tracking import link_tracks
+
+    z = zarr.open_array(a.stack, mode="r")
+    t0 = time.perf_counter()
+    parts = []
+    for s in range(0, z.shape[0], CHUNK):  # trackpy.batch chunk by chunk: the same bounded memory
+        f = locate_trackpy(np.asarray(z[s : s + CHUNK]), 7, minmass=300)
+        f["frame"] += s
+        parts.append(f)
+    feats = pd.concat(parts, ignore_index=True)
+    tracks = link_tracks(feats, SEARCH_RANGE_PX, memory=0)
+    dt = time.perf_counter() - t0
+    return {"frames_per_s": z.shape[0] / dt, "seconds": dt, "detections": len(feats),
+            "tracks": int(tracks["track_id"].nunique())}  # fmt: skip
+
+
+def case_dask(a) -> dict:
+    from napari_deeptrack.analysis.batch import batch_apply
+
+    out = Path(a.work) / f"dask_{a.frames}.parquet"
+    out.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    s = batch_apply(a.bundle, a.stack, out, chunk_frames=CHUNK, link=True, search_range_px=SEARCH_RANGE_PX,
+                    scheduler="local", n_workers=2)  # fmt: skip
+    dt = time.perf_counter() - t0
+    import pandas as pd
+
+    ref = Path(a.work) / f"stream_{a.frames}.parquet"
+    same = None
+    if ref.exists():
+        same = pd.read_parquet(ref).equals(pd.read_parquet(out))
+    return {"frames_per_s": s.frames / dt, "seconds": dt, "detections": s.detections, "tracks": s.tracks,
+            "dashboard": s.dashboard, "identical_to_one_process": same, "workers": 2}  # fmt: skip
+
+
+def case_network(a) -> dict:
+    import torch
+
+    from napari_deeptrack.io.bundle import load_bundle
+    from napari_deeptrack.nn import build_model
+    from napari_deeptrack.tasks import get_preset
+
+    out = {}
+    for name, model in (("stand-in", load_bundle(a.bundle).model),
+                        ("particles-2d", build_model(get_preset("particles-2d").model).eval())):  # fmt: skip
+        x = torch.rand(4, 1, *SHAPE)
+        with torch.no_grad():
+            model(x[:1])
+            t0 = time.perf_counter()
+            model(x)
+        out[f"{name}_s_per_frame"] = (time.perf_counter() - t0) / 4
+    return out
+
+
+def case_slide(a) -> dict:
+    """8192x8192: tiled predict vs the same model applied to overlapping crops by hand."""
+    import pandas as pd
+    import torch
+
+    from napari_deeptrack.analysis.detect import detect_from_map
+    from napari_deeptrack.analysis.predict import predict
+    from napari_deeptrack.io.bundle import load_bundle
+    from napari_deeptrack.train import normalize
+
+    n = a.slide
+    img = np.concatenate(
+        [render_frames(1, shape=(n // 8, n), n_particles=n // 32, seed=i)[0][0] for i in range(8)]
+    )
+    bundle = load_bundle(a.bundle)
+    rss0 = _peak_rss_mb()
+    t0 = time.perf_counter()
+    res = predict(bundle, img, tile_size=1024, tile_overlap=32, keep_maps=False)
+    dt = time.perf_counter() - t0
+    peak = _peak_rss_mb()
+    # by hand: the whole image normalised once, then 1024-px crops overlapping by 64 px; each crop's
+    # detections kept where their centre lies in the crop's own (non-overlapping) part
+    tile, ov = 1024, 32
+    xn = normalize(torch.from_numpy(img.astype(np.float32))[None, None], bundle.task.input_normalization)
+    rows = []
+    starts = list(range(0, n - tile, tile - 2 * ov)) + [n - tile]
+    # a crop owns from its start + overlap (0 for the first) to where the next crop's part begins
+    own = [
+        (s + (ov if i else 0), starts[i + 1] + ov if i + 1 < len(starts) else n) for i, s in enumerate(starts)
+    ]
+    for y0, (lo_y, hi_y) in zip(starts, own):
+        for x0, (lo_x, hi_x) in zip(starts, own):
+            with torch.no_grad():
+                p = torch.sigmoid(bundle.model(xn[..., y0 : y0 + tile, x0 : x0 + tile]))[0].numpy()
+            d = detect_from_map(p, 0.5)
+            lo_y, hi_y, lo_x, hi_x = lo_y - 0.5, hi_y - 0.5, lo_x - 0.5, hi_x - 0.5
+            d["y"] += y0
+            d["x"] += x0
+            keep = (d["y"] >= lo_y) & (d["y"] < hi_y) & (d["x"] >= lo_x) & (d["x"] < hi_x)
+            rows.append(d[keep])
+    hand = pd.concat(rows).sort_values(["y", "x"]).reset_index(drop=True)
+    mine = res.detections.sort_values(["y", "x"]).reset_index(drop=True)
+    same = len(hand) == len(mine) and np.allclose(hand[["y", "x"]], mine[["y", "x"]], atol=1e-6)
+    return {"image": f"{n}x{n}", "seconds": dt, "detections": len(mine), "detections_by_hand": len(hand),
+            "identical_to_crops_by_hand": bool(same), "peak_rss_mb_before": rss0,
+            "peak_rss_mb_predict": peak}  # fmt: skip
+
+
+CASES = {
+    "stream": case_stream,
+    "in_memory": case_in_memory,
+    "trackpy": case_trackpy,
+    "dask": case_dask,
+    "network": case_network,
+    "slide": case_slide,
+}
+
+
+def run_child(a) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    cpu0 = time.process_time()
+    rec = {"case": a.case, "frames": a.frames[0], **CASES[a.case](a)}
+    rec["peak_rss_mb"] = _peak_rss_mb()
+    # CPU seconds of this process (the machine is shared: wall time includes waiting for a core)
+    rec["cpu_s"] = time.process_time() - cpu0
+    if a.frames[0]:
+        rec["cpu_s_per_frame"] = rec["cpu_s"] / a.frames[0]
+    for k, v in list(rec.items()):
+        if isinstance(v, float):
+            rec[k] = round(v, 3)
+    _emit(rec)
+
+
+# ---------------------------------------------------------------------------- driver
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="/tmp/napari_deeptrack_scale", help="folder for stacks, bundle, results")
+    p.add_argument("--frames", type=int, nargs="+", default=[100, 1000, 4000])
+    p.add_argument("--network", choices=("stand-in", "preset"), default="stand-in")
+    p.add_argument("--skip", nargs="*", default=[], choices=sorted(CASES), help="cases to leave out")
+    p.add_argument("--dask-frames", type=int, default=1000, help="stack used for dask vs one process")
+    p.add_argument("--slide", type=int, default=8192, help="side of the tiled whole-slide image")
+    p.add_argument("--case", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--stack", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--bundle", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--work", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.case:
+        run_child(a)
+        return 0
+    data = Path(a.data)
+    data.mkdir(parents=True, exist_ok=True)
+    bundle = make_bundle(data / f"bundle_{a.network}", a.network)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def child(case: str, frames: int = 0, stack: Path | None = None) -> None:
+        cmd = [sys.executable, __file__, "--case", case, "--frames", str(frames), "--bundle", str(bundle),
+               "--work", str(data), "--slide", str(a.slide)]  # fmt: skip
+        if stack is not None:
+            cmd += ["--stack", str(stack)]
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+        if r.returncode or not lines:
+            _emit({"case": case, "frames": frames, "error": r.stderr.strip().splitlines()[-1:]})
+        else:
+            print(lines[-1], flush=True)
+
+    _emit({"case": "setup", "network": a.network, "cpu_threads": 1, "chunk_frames": CHUNK,
+           "frame_shape": list(SHAPE), "machine_cores": os.cpu_count()})  # fmt: skip
+    if "network" not in a.skip:
+        child("network")
+    for n in a.frames:
+        t0 = time.perf_counter()
+        stack = make_stack(data / f"stack_{n}.zarr", n)
+        _emit(
+            {"case": "data", "frames": n, "seconds": round(time.perf_counter() - t0, 1), "path": str(stack)}
+        )
+        for case in ("stream", "in_memory", "trackpy"):
+            if case not in a.skip and not (case == "in_memory" and n > 1000):
+                child(case, n, stack)
+        if "dask" not in a.skip and n == a.dask_frames:
+            child("dask", n, stack)
+    if "slide" not in a.skip:
+        child("slide")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
