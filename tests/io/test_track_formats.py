@@ -114,9 +114,12 @@ def test_trackmate_structure_check_finds_problems(tmp_path):
     edge = root.find("Model/AllTracks/Track/Edge")
     edge.set("SPOT_TARGET_ID", "99999")
     root.find("Model/AllSpots/SpotsInFrame/Spot").set("MY_FEATURE", "1")
+    root.find("Model/AllSpots/SpotsInFrame/Spot").set("QUALITY", "nan")  # Java's Double.valueOf refuses it
+    root.find("Model/FeatureDeclarations/SpotFeatures/Feature").set("dimension", "PIXELS")
     ET.ElementTree(root).write(tmp_path / "bad.xml")
     problems = "\n".join(check_trackmate_structure(tmp_path / "bad.xml"))
     assert "nspots=3" in problems and "missing spot" in problems and "undeclared" in problems
+    assert "non-numeric features ['QUALITY']" in problems and "unknown dimension PIXELS" in problems
     (tmp_path / "x.xml").write_text("<Other/>")
     with pytest.raises(ValueError, match="not a TrackMate file"):
         read_trackmate(tmp_path / "x.xml")

@@ -84,6 +84,36 @@ _TRACK_FEATURES = [
     ("TRACK_MEDIAN_SPEED", "Track median speed", "Med. speed", "VELOCITY", False),
     ("TRACK_STD_SPEED", "Track std speed", "Std speed", "VELOCITY", False),
 ]
+#: TrackMate's feature dimensions (fiji.plugin.trackmate.Dimension)
+DIMENSIONS = (
+    "NONE",
+    "QUALITY",
+    "COST",
+    "INTENSITY",
+    "INTENSITY_SQUARED",
+    "POSITION",
+    "VELOCITY",
+    "LENGTH",
+    "AREA",
+    "VOLUME",
+    "TIME",
+    "ANGLE",
+    "RATE",
+    "ANGLE_RATE",
+    "STRING",
+)
+
+
+def _is_java_double(text: str) -> bool:
+    if text in ("NaN", "Infinity", "-Infinity"):
+        return True
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text.strip().lower() not in ("nan", "inf", "-inf", "infinity", "-infinity")
+
+
 _POSITION_COLUMNS = ("frame", "y", "x", "z_um", "track_id", "probability")
 
 
@@ -494,6 +524,10 @@ def check_trackmate_structure(path: str | Path) -> list[str]:
             miss = [a for a in ("feature", "name", "shortname", "dimension", "isint") if f.get(a) is None]
             if miss:
                 problems.append(f"{group} feature {f.get('feature')} lacks {miss}")
+            elif f.get("dimension") not in DIMENSIONS:
+                problems.append(
+                    f"{group} feature {f.get('feature')} has unknown dimension {f.get('dimension')}"
+                )
         declared[group] = {f.get("feature") for f in feats}
     all_spots = model.find("AllSpots")
     spots = model.findall("AllSpots/SpotsInFrame/Spot")
@@ -523,6 +557,9 @@ def check_trackmate_structure(path: str | Path) -> list[str]:
             undeclared = set(s.keys()) - declared["SpotFeatures"] - {"ID", "name"}
             if undeclared:
                 problems.append(f"spot {s.get('ID')} has undeclared features {sorted(undeclared)}")
+            bad = [k for k, v in s.items() if k not in ("ID", "name") and not _is_java_double(v)]
+            if bad:  # TrackMate reads every other spot attribute with Double.valueOf
+                problems.append(f"spot {s.get('ID')} has non-numeric features {bad}")
             sid = int(s.get("ID"))
             if sid in frame_of:
                 problems.append(f"spot ID {sid} is not unique")
