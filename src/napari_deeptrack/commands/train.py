@@ -163,9 +163,11 @@ def _print_verdict(pipeline, image) -> None:
 
 
 def run(args) -> int:
+    from ..io.bundle import check_bundle_destination
     from ..tasks import load_task
     from ..train import ProgressBar, StopFlag, train_task
 
+    check_bundle_destination(args.out)  # before loading, matching or training anything (issue 14)
     task = load_task(args.task)
     if args.assignments:
         task = task.edited(parse_assignments(args.assignments))
