@@ -336,10 +336,13 @@ class SimulateWidget(Container):
         self._parameters_changed()
 
     def _set_pipeline(self, pipeline) -> None:
+        from .. import sim
+
         optics = pipeline.optics
-        name = type(optics).__name__.lower()
-        if name in MODALITIES:
-            self.modality.value = name
+        for cls in (sim.Holography, sim.Brightfield, sim.Fluorescence):  # subclasses first
+            if isinstance(optics, cls) and cls.__name__.lower() in MODALITIES:
+                self.modality.value = cls.__name__.lower()
+                break
         for attr, widget in (
             ("NA", self.NA),
             ("wavelength_um", self.wavelength_um),
@@ -361,13 +364,9 @@ class SimulateWidget(Container):
             self.intensity_min.value, self.intensity_max.value = lo, hi
             lo, hi = _bounds(pop.z_um)
             self.z_min_um.value, self.z_max_um.value = lo, hi
-            sc = type(pop.scatterer).__name__
-            self.particle.value = {
-                "PointParticle": "point",
-                "Sphere": "sphere",
-                "MieSphere": "Mie sphere",
-                "CellBody": "cell",
-            }.get(sc, self.particle.value)
+            kinds = {sim.PointParticle: "point", sim.Sphere: "sphere", sim.MieSphere: "Mie sphere"}
+            kinds[sim.CellBody] = "cell"
+            self.particle.value = kinds.get(type(pop.scatterer), self.particle.value)
             if hasattr(pop.scatterer, "radius_um"):
                 self.radius_um.value = float(np.mean(_bounds(pop.scatterer.radius_um)))
             if hasattr(pop.scatterer, "refractive_index"):
@@ -376,14 +375,13 @@ class SimulateWidget(Container):
         self.read_noise.value = 0.0
         self.gain.value = 1.0
         for tr in pipeline.transforms:
-            n = type(tr).__name__
-            if n == "Background":
+            if isinstance(tr, sim.Background):
                 self.background.value = float(np.mean(_bounds(tr.level)))
-            elif n == "Poisson":
+            elif isinstance(tr, sim.Poisson):
                 self.shot_noise.value = True
-            elif n == "Camera":
+            elif isinstance(tr, sim.Camera):
                 self.gain.value = float(np.mean(_bounds(tr.gain)))
-            elif n == "ReadNoise":
+            elif isinstance(tr, sim.ReadNoise):
                 self.read_noise.value = float(np.mean(_bounds(tr.sigma)))
 
     # ------------------------------------------------------------------ match
