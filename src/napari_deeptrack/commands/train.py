@@ -92,6 +92,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="self-supervised tasks (particles-selfsupervised): a rectangle around ONE object "
         "(rows Y0:Y1, columns X0:X1; prefix the frame: T,Y0,X0,Y1,X1); repeat for a few objects",
     )
+    p.add_argument(  # annotate a few (train/few_shot.py)
+        "--annotations",
+        metavar="POINTS.csv",
+        help="fine-tune the model (--init, or TASK as a bundle / starter name) on these annotated frames of "
+        "IMAGE (frame,y,x of EVERY object in each annotated frame); scores before/after on held-back frames",
+    )
+    p.add_argument("--suggest", type=int, default=5, help="with --annotations: regions to annotate next")
     return p
 
 
@@ -168,6 +175,10 @@ def run(args) -> int:
     from ..train import ProgressBar, StopFlag, train_task
 
     check_bundle_destination(args.out)  # before loading, matching or training anything (issue 14)
+    if args.annotations:  # annotate a few: fine-tune on points, score on held-back frames
+        from ..train.few_shot import run_cli
+
+        return run_cli(args)
     task = load_task(args.task)
     if args.assignments:
         task = task.edited(parse_assignments(args.assignments))
