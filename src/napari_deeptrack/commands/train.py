@@ -193,6 +193,10 @@ def run(args) -> int:
         stop.stop()
 
     trainer = train_task
+    from ..train.distributed import distributed_rank, distributed_world_size, train_task_ddp
+
+    if distributed_world_size() > 1:  # under torchrun: DistributedDataParallel, rank 0 writes
+        trainer = train_task_ddp
     if args.crop or args.images or task.loss.get("type") == "lodestar":  # self-supervised, from crops
         from ..train.selfsupervised import crop_trainer
 
@@ -219,6 +223,8 @@ def run(args) -> int:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     h = result.history
+    if distributed_rank() != 0:
+        return 0
     if result.bundle_path is None or "best_epoch" not in h:
         print("no checkpoint was saved (training stopped before the first validation)", file=sys.stderr)
         return 1
