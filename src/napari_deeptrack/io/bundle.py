@@ -584,5 +584,10 @@ def load_bundle(
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise BundleError(f"{path}: the weights do not fit the model: {exc}") from None
-    model.to(device).eval()
+    try:
+        model.to(device).eval()
+    except (RuntimeError, AssertionError, TypeError) as exc:  # unknown device string, no CUDA build...
+        from ..errors import DeviceError
+
+        raise DeviceError(f"device {device!r} is not usable here ({exc})", parameter="device") from None
     return Bundle(model=model, task=task, config=cfg, path=path)

@@ -299,7 +299,12 @@ def make_generator(
     """``generator`` if given, else a new one on ``device`` seeded with ``seed`` (random when None)."""
     if generator is not None:
         return generator
-    generator = torch.Generator(device=device or "cpu")
+    try:
+        generator = torch.Generator(device=device or "cpu")
+    except (RuntimeError, TypeError) as exc:  # "bogus", "cuda" without a GPU build...
+        from ..errors import DeviceError
+
+        raise DeviceError(f"device {device!r} is not usable here ({exc})", parameter="device") from None
     generator.manual_seed(int(seed) if seed is not None else int(torch.seed() % (2**63)))
     return generator
 
