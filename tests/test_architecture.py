@@ -1,6 +1,7 @@
 """The core never imports napari or Qt."""
 
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -53,8 +54,7 @@ LAYERS = {
 #: allowed imports between packages of one layer (an acyclic set)
 SAME_LAYER = {
     ("sim", "nn"),  # GeneratorOptics runs a trained generator network
-    ("analysis", "train"),  # prediction normalises inputs as in training
-    ("analysis", "tasks"),
+    ("train", "analysis"),  # training scores models with the one prediction path
     ("train", "tasks"),
     ("demo", "report"),
     ("commands", "_napari"),  # `demo --view` opens the viewer
@@ -97,7 +97,28 @@ def _imported_modules(path: pathlib.Path, root: pathlib.Path = ROOT) -> list[tup
                 out.append((node.lineno, arg.value))
             elif isinstance(arg, ast.JoinedStr) and arg.values and isinstance(arg.values[0], ast.Constant):
                 out.append((node.lineno, str(arg.values[0].value).rstrip(".")))
+    if _import_calls(path):
+        # a module that imports by name: every literal module path in it counts (e.g. a tuple of names
+        # looped over with importlib.import_module(name))
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if re.fullmatch(r"napari_deeptrack(\.\w+)+", node.value):
+                    out.append((node.lineno, node.value))
     return [(line, m) for line, m in out if m == "napari_deeptrack" or m.startswith("napari_deeptrack.")]
+
+
+def _import_calls(path: pathlib.Path) -> list[int]:
+    """Lines calling ``import_module`` or ``__import__``."""
+    import ast
+
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call):
+            fn = node.func
+            called = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", "")
+            if called in ("import_module", "__import__"):
+                lines.append(node.lineno)
+    return lines
 
 
 def _layer_key(module: str) -> str:
@@ -164,10 +185,19 @@ def test_the_import_checker_sees_lazy_and_importlib_imports(tmp_path):
         "def f():\n"
         "    from ..tasks import get_preset\n"
         "    importlib.import_module('napari_deeptrack.train.data')\n"
+        "    for mod in ('napari_deeptrack.sim', 'napari_deeptrack.io.bundle'):\n"
+        "        importlib.import_module(mod)\n"
         "    return importlib.import_module(f'napari_deeptrack.analysis.{1}')\n"
     )
     path = tmp_path / "napari_deeptrack" / "sim" / "probe.py"
     path.parent.mkdir(parents=True)
     path.write_text(text)
     found = sorted(m for _, m in _imported_modules(path, tmp_path / "napari_deeptrack"))
-    assert found == ["napari_deeptrack.analysis", "napari_deeptrack.tasks", "napari_deeptrack.train.data"]
+    assert found == [
+        "napari_deeptrack.analysis",
+        "napari_deeptrack.io.bundle",
+        "napari_deeptrack.sim",
+        "napari_deeptrack.tasks",
+        "napari_deeptrack.train.data",
+        "napari_deeptrack.train.data",  # the literal, and the call with it
+    ]

@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from ..tasks.base import KINDS
-from ..train.data import normalize
+from ..sim.noise import normalize_input as normalize
+from ..sim.task import KINDS
 from .density import counts_from_density, peaks_from_density
 from .detect import detect_from_map, empty_detections
 from .properties import aggregate_tracks, regression_to_table

@@ -244,6 +244,19 @@ def normalize_images(
     return out.reshape(shape)
 
 
+
+def normalize_input(images: torch.Tensor, spec: dict | None) -> torch.Tensor:
+    """Normalise network input ``[B, C, H, W]`` as a task's ``input_normalization`` says.
+
+    ``spec`` holds :func:`normalize_images` keyword arguments (``mode``, ``low``, ``high``); ``None``,
+    ``{}`` or ``{"mode": "none"}`` leave the images unchanged. The one normaliser used for simulated
+    training batches and for real images at prediction.
+    """
+    spec = dict(spec or {})
+    if not spec or spec.get("mode", "percentile") == "none":
+        return images
+    return normalize_images(images, **spec)
+
 @register
 @dataclass
 class Normalize(Transform):
@@ -349,6 +362,7 @@ class NormalizeWithTarget(Transform):
 
 __all__ = [
     "Background",
+    "normalize_input",
     "IlluminationPhotons",
     "NormalizeWithTarget",
     "Camera",

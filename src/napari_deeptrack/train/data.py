@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..sim.noise import normalize_input as normalize  # the one normaliser of network inputs
 from ..sim.optics.generator import add_mask_noise
 from ..sim.params import Uniform, check_range
 from ..sim.pipeline import Pipeline
@@ -31,19 +32,6 @@ __all__ = [
     "make_validation_set",
     "normalize",
 ]
-
-
-def normalize(images: torch.Tensor, spec: dict[str, Any] | None) -> torch.Tensor:
-    """Normalise images ``[B, C, H, W]`` as ``sim.normalize_images(images, **spec)``.
-
-    ``None``, ``{}`` or ``{"mode": "none"}`` leave the images unchanged.
-    """
-    spec = dict(spec or {})
-    if not spec or spec.get("mode", "percentile") == "none":
-        return images
-    from ..sim import normalize_images  # the fluorescence helper's function (sim/noise.py)
-
-    return normalize_images(images, **spec)
 
 
 def _target(batch, key: str) -> torch.Tensor:
