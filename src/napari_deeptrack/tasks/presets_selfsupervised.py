@@ -56,7 +56,7 @@ LODESTAR_LOSS = {
     "translation": 0.25,
     "within_weight": 1.0,
     "noise": 1.0,  # up to 1 background sigma of extra noise: the network must not learn the crop's noise
-    "gain": [0.8, 1.25],
+    "gain": [0.4, 2.5],  # objects 2.5x dimmer or brighter than the crop are still found
     "mass_weight": 0.1,
 }
 LODESTAR_POSTPROCESS = {

@@ -61,7 +61,7 @@ LOSS_DEFAULTS: dict[str, Any] = {
     "translation": 0.25,  # maximum shift as a fraction of the crop size
     "within_weight": 1.0,  # weight of the within-crop consistency term
     "noise": 1.0,  # extra Gaussian noise, up to this many background-noise sigmas
-    "gain": [0.8, 1.25],  # random contrast gain about the background
+    "gain": [0.4, 2.5],  # random contrast gain about the background: dimmer / brighter objects
     "mass_weight": 0.1,  # anchors each crop's summed vote weight near 1 (see LodeSTARLoss)
 }
 
