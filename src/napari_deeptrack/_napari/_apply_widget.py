@@ -71,6 +71,10 @@ class ApplyWidget(Container):
         self.bundle_path = FileEdit(label="bundle", mode="r", filter="*.zip *.json")
         self.bundle_info = Label(value="no model loaded")
         self.batch_size = SpinBox(label="frames per batch", value=8, min=1, max=1024)
+        self.tile_size = SpinBox(label="tile size (px)", value=512, min=64, max=8192, step=64)
+        self.tile_size.tooltip = (
+            "Frames larger than this run in overlapping tiles, merged without seams (whole slides)."
+        )
         self.link = CheckBox(label="link tracks (stacks)", value=True)
         self.search_range = FloatSpinBox(label="track search range (px)", value=5.0, min=0.1, max=500.0)
         self.run_btn = PushButton(text="Run")
@@ -96,6 +100,7 @@ class ApplyWidget(Container):
                 self.bundle_path,
                 self.bundle_info,
                 self.batch_size,
+                self.tile_size,
                 Container(widgets=[self.run_btn, self.cancel_btn], layout="horizontal", labels=False),
                 self.progress,
                 self.threshold,
@@ -217,7 +222,7 @@ class ApplyWidget(Container):
         layer = self.layer.value
         try:
             bundle = self.current_bundle()
-            frames, was_2d = image_frames(layer, what="Apply")
+            frames, was_2d = _apply_frames(layer)
             _check_bundle_fits(bundle, frames)
         except InputError as exc:
             notify(str(exc), "error")
@@ -244,6 +249,8 @@ class ApplyWidget(Container):
                 float(self.threshold.value),
                 meta["link"],
                 meta["search_range"],
+                None,  # linking memory: the task's
+                int(self.tile_size.value),
             ),
             error="Apply failed",
         )
@@ -568,6 +575,35 @@ def _apply_job(bundle, frames, pixel_size_um, predict_args: tuple):
 
 
 # ---------------------------------------------------------------------------- worker side
+def _apply_frames(layer) -> tuple:
+    """The layer's frames ``[T, H, W]`` for Apply, and whether the layer is 2D.
+
+    In-memory layers give a validated float32 copy (:func:`image_frames`). Lazy layers (dask, zarr:
+    big stacks, OME-Zarr, multiscale pyramids at full resolution) are checked on their shape only and
+    handed to the core as they are: the core reads one chunk of frames at a time, so the stack is never
+    loaded whole.
+    """
+    from napari.layers import Image
+
+    data = getattr(layer, "data", None)
+    if isinstance(layer, Image) and getattr(layer, "multiscale", False):
+        data = data[0]
+    lazy = isinstance(layer, Image) and not layer.rgb and not isinstance(data, np.ndarray | None)
+    if not lazy:
+        return image_frames(layer, what="Apply")
+    from ..io.lazy import as_lazy_stack
+
+    shape = tuple(int(s) for s in data.shape)
+    if len(shape) not in (2, 3):
+        raise InputError(
+            f"Layer '{layer.name}' has {len(shape)} dimensions {shape}; Apply expects 2D [Y, X] or a 3D "
+            "stack [T, Y, X]."
+        )
+    if int(np.prod(shape)) == 0 or min(shape[-2:]) < 8:
+        raise InputError(f"Layer '{layer.name}' is empty or smaller than 8x8 pixels (shape {shape}).")
+    return as_lazy_stack(data, where=f"layer '{layer.name}'"), len(shape) == 2
+
+
 def _check_bundle_fits(bundle, frames) -> None:
     """Refuse inputs the model cannot take (the core's ``analysis.predict.check_images_fit``)."""
     from ..analysis.predict import check_images_fit
@@ -586,13 +622,18 @@ def predict_chunks(
     threshold: float | None = None,
     link: bool = False,
     search_range_px: float | None = None,
+    memory: int | None = None,
+    tile_size: int = 512,
 ):
     """Worker generator over the core's :func:`~napari_deeptrack.analysis.predict.predict_chunks`:
     yields frames done after every chunk, returns the merged, thresholded, linked results as layer data.
 
     The same call as ``napari-deeptrack apply`` (same threshold, linking after thresholding, the
     task's linking memory), so the widget and the command line give the same detections and tracks.
+    ``frames`` may be lazy (dask): only one chunk is read at a time, and output maps are kept only
+    when they are shown (density maps, restored images).
     """
+    from ..analysis.predict import kind_rule
     from ..analysis.predict import predict_chunks as core_predict_chunks
 
     gen = core_predict_chunks(
@@ -603,6 +644,9 @@ def predict_chunks(
         threshold=threshold,
         link=link,
         search_range_px=search_range_px,
+        memory=memory,
+        tile_size=int(tile_size),
+        keep_maps=kind_rule(bundle.task.kind).maps_are_images,
     )
     while True:
         try:
