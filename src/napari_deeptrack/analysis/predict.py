@@ -639,9 +639,14 @@ def predict_chunks(
         raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
     thr = float(threshold if threshold is not None else pp.get("threshold", 0.5))
     dihedral = _use_dihedral(task, test_time_augmentation)
-    dev = torch.device(device)
-    model.eval()
-    model.to(dev)
+    try:
+        dev = torch.device(device)
+        model.eval()
+        model.to(dev)
+    except (RuntimeError, AssertionError, TypeError) as exc:  # "bogus", "cuda" without CUDA...
+        from ..errors import DeviceError
+
+        raise DeviceError(f"device {device!r} is not usable here ({exc})", parameter="device") from None
     tables, label_parts, count_parts, map_parts = [], [], [], []
     label_offset = 0
     lo, hi = (0, frames.n) if frame_range is None else (int(frame_range[0]), int(frame_range[1]))
