@@ -726,7 +726,6 @@ def probe_cli(f, root: Path, timeout: float, verbose: bool) -> dict:
     out_dir = root / "out"
     out_dir.mkdir(exist_ok=True)
     logs = root / "logs"
-    logs.mkdir(exist_ok=True)
     os.environ["NAPARI_DEEPTRACK_LOG_DIR"] = str(root / "buglogs")
     counts = {"cases": 0, "clean": 0, "unclear": 0, "tracebacks": 0, "bugs": 0, "hangs": 0, "data_losses": 0}
     worst_refusal_mb, worst_refusal_case, slowest = 0.0, "", (0.0, "")
@@ -812,6 +811,9 @@ def probe_api(f, root: Path, timeout: float, verbose: bool) -> dict:
         if r["hang"]:
             counts["hangs"] += 1
             problem = "hang"
+        elif not res:  # the child died before reporting (a crash of the probe or the interpreter)
+            counts["undocumented"] += 1
+            problem = f"no result (exit {r['code']}): {r['err'].strip()[-150:]}"
         elif res.get("raised") and not res.get("documented"):
             counts["undocumented"] += 1
             problem = f"{res['raised']}: {res.get('msg', '')[:150]}"
@@ -910,6 +912,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="probe-reliability-") as tmp:
         root = Path(tmp)
         f = make_fixtures(root)
+        (root / "logs").mkdir()
         os.chmod(f["ro_dir"], 0o500)
         results = []
         t0 = time.perf_counter()
