@@ -12,6 +12,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import queue
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -32,7 +35,7 @@ from ._dock import scroll_form
 from ._layers import notify, start_worker
 from ._session import session_for
 
-__all__ = ["TrainWidget", "crop_simulation", "train_events"]
+__all__ = ["TrainWidget", "crop_simulation", "export_bioimageio_package", "train_events"]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -147,6 +150,11 @@ class TrainWidget(Container):
         self.train_btn = PushButton(text="Train")
         self.stop_btn = PushButton(text="Stop (keep best)")
         self.save_btn = PushButton(text="Save bundle...")
+        self.export_btn = PushButton(text="Export bioimage.io...")
+        self.export_btn.tooltip = (
+            "Write the model trained here (or fine-tuned in Review) as a bioimage.io model package "
+            "(.zip) that deepImageJ, ilastik, QuPath and bioimageio.core run."
+        )
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
         self.status = Label(value="idle")
         self.form = Container(
@@ -175,6 +183,7 @@ class TrainWidget(Container):
             Container(
                 widgets=[self.train_btn, self.stop_btn, self.save_btn], layout="horizontal", labels=False
             ),
+            self.export_btn,
             self.progress,
             self.status,
         ):
@@ -184,6 +193,8 @@ class TrainWidget(Container):
         self.status.native.setWordWrap(True)
         self.stop_btn.enabled = False
         self.save_btn.enabled = False
+        self.export_btn.enabled = False
+        self.export_worker = None
         self.task = None
         self.model = None
         self.history: dict | None = None
@@ -194,10 +205,13 @@ class TrainWidget(Container):
         self.session = session_for(napari_viewer)
         self.session.simulation_changed.connect(self._simulation_changed)
         self._simulation_changed(self.session.simulation)
+        self.session.model_changed.connect(self._model_changed)
+        self._model_changed(self.session.model)
         self.preset.changed.connect(self._preset_changed)
         self.train_btn.changed.connect(self.start_training)
         self.stop_btn.changed.connect(self.stop)
         self.save_btn.changed.connect(lambda: self.save_bundle())
+        self.export_btn.changed.connect(lambda: self.export_bioimageio())
         self._preset_changed()
 
     # ------------------------------------------------------------------ form
@@ -390,6 +404,90 @@ class TrainWidget(Container):
             return None
         notify(f"Bundle saved to {out}")
         return out
+
+    def _model_changed(self, bundle) -> None:
+        try:
+            self.export_btn.enabled = bundle is not None and self.export_worker is None
+        except RuntimeError:  # widget deleted
+            pass
+
+    def export_bioimageio(self, path: str | Path | None = None):
+        """Export the session's model (trained here or fine-tuned in Review) as a bioimage.io package.
+
+        The export runs in a worker (see :func:`export_bioimageio_package`); returns the worker, or None
+        when there is no model or the file dialog was cancelled.
+        """
+        bundle = self.session.model
+        if bundle is None:
+            notify("Train a model first (or fine-tune one in Review).", "warning")
+            return None
+        if self.export_worker is not None:
+            notify("A bioimage.io export is already running.", "warning")
+            return None
+        if path is None:
+            from qtpy.QtWidgets import QFileDialog
+
+            name = f"{bundle.task.name}_bioimageio.zip"
+            path, _ = QFileDialog.getSaveFileName(
+                None, "Export bioimage.io model package", name, "Zip (*.zip)"
+            )
+            if not path:
+                return None
+        path = Path(path)
+        if path.suffix.lower() != ".zip":
+            notify(f"A bioimage.io package is a .zip file; got {path.name}.", "error")
+            return None
+        origin = self.session.model_origin or "trained"
+        worker = start_worker(
+            export_bioimageio_package, bundle, path, origin, error="bioimage.io export failed"
+        )
+        worker.returned.connect(lambda out: notify(f"bioimage.io package ({origin} model) written to {out}"))
+        worker.finished.connect(self._export_finished)
+        self.export_worker = worker
+        self.export_btn.enabled = False
+        self.status.value = f"exporting the {origin} model as a bioimage.io package..."
+        worker.start()
+        return worker
+
+    def _export_finished(self) -> None:
+        self.export_worker = None
+        self._model_changed(self.session.model)
+
+
+def export_bioimageio_package(bundle, out: str | Path, origin: str = "trained") -> Path:
+    """Run in a worker: save ``bundle`` to a temporary bundle file and export it with the CLI's
+    ``export-bioimageio`` in a child process.
+
+    A child process, not this thread: the export imports ONNX, whose extension modules hold the GIL
+    for seconds while they load, which would freeze napari's event loop.
+    """
+    from ..errors import InputError
+    from ..io.bundle import save_bundle
+
+    cfg = dict(bundle.config or {})
+    training = dict(cfg.get("training") or {})
+    notes = f"{origin} in napari"
+    if cfg.get("finetune"):
+        notes += f"; fine-tuning: {json.dumps(cfg['finetune'], default=str)[:2000]}"
+    with tempfile.TemporaryDirectory(prefix="napari-deeptrack-export-") as tmp:
+        src = save_bundle(
+            Path(tmp) / "model.zip",
+            bundle.model,
+            bundle.task,
+            cfg.get("history"),
+            seed=training.get("seed"),
+            training=training or None,
+            metrics=cfg.get("metrics"),
+            notes=notes,
+        )
+        cmd = [sys.executable, "-m", "napari_deeptrack.cli", "export-bioimageio", str(src), str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        message = lines[-1] if lines else f"exit status {proc.returncode}"
+        message = message.split(": error: ", 1)[-1]
+        raise (InputError if proc.returncode == 2 else RuntimeError)(message)
+    return Path(json.loads(proc.stdout.strip().splitlines()[-1])["package"])
 
 
 def crop_simulation(pipeline, image_shape):
