@@ -283,6 +283,7 @@ def main(argv=None) -> int:
     p.add_argument("--network", choices=("stand-in", "preset"), default="stand-in")
     p.add_argument("--skip", nargs="*", default=[], choices=sorted(CASES), help="cases to leave out")
     p.add_argument("--dask-frames", type=int, default=1000, help="stack used for dask vs one process")
+    p.add_argument("--in-memory-max", type=int, default=1000, help="largest stack also run in memory")
     p.add_argument("--slide", type=int, default=8192, help="side of the tiled whole-slide image")
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)
     p.add_argument("--stack", default=None, help=argparse.SUPPRESS)
@@ -320,7 +321,7 @@ def main(argv=None) -> int:
             {"case": "data", "frames": n, "seconds": round(time.perf_counter() - t0, 1), "path": str(stack)}
         )
         for case in ("stream", "in_memory", "trackpy"):
-            if case not in a.skip and not (case == "in_memory" and n > 1000):
+            if case not in a.skip and not (case == "in_memory" and n > a.in_memory_max):
                 child(case, n, stack)
         if "dask" not in a.skip and n == a.dask_frames:
             child("dask", n, stack)
