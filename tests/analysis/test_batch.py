@@ -185,3 +185,20 @@ def test_two_worker_local_cluster_gives_the_single_process_results(tmp_path):
                       scheduler="local", n_workers=2)  # fmt: skip
     assert two.dashboard and (one.detections, one.tracks) == (two.detections, two.tracks)
     assert (tmp_path / "one.csv").read_text() == (tmp_path / "two.csv").read_text()
+
+
+def test_ome_zarr_is_opened_lazily_with_its_axes_and_units(tmp_path):
+    from napari_deeptrack.io.lazy import open_lazy
+    from napari_deeptrack.io.ome import write_ome_zarr
+
+    stack = _stack(frames=6)
+    two_channels = np.stack([stack, 2 * stack], axis=1)  # T, C, Y, X
+    write_ome_zarr(
+        tmp_path / "img.zarr", two_channels, axes="TCYX", pixel_size_um=0.13, frame_interval_s=0.05
+    )
+    with pytest.raises(ValueError, match="2 channels"):
+        open_lazy(tmp_path / "img.zarr")
+    lazy, meta = open_lazy(tmp_path / "img.zarr", channel=1)
+    assert lazy.shape == (6, 48, 64) and meta["axes"] == "TCYX"
+    assert meta["pixel_size_um"] == pytest.approx(0.13) and meta["frame_interval_s"] == pytest.approx(0.05)
+    np.testing.assert_array_equal(np.asarray(lazy[2:4]), 2 * stack[2:4])
