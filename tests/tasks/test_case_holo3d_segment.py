@@ -174,7 +174,7 @@ def test_nuclei_segment_network_is_fully_convolutional_on_real_sizes():
 
     task = get_preset("nuclei-segment")
     img, _ = _real_crop()
-    prob = class_probabilities(build_model(task.model).eval(), img[None, :100, :60], task.input_normalization)
+    prob = class_probabilities(build_model(task.model).eval(), task, img[None, :100, :60])
     assert prob.shape == (1, 3, 100, 60)
     np.testing.assert_allclose(prob.sum(axis=1), 1.0, atol=1e-5)
 
