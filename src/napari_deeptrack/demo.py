@@ -11,7 +11,8 @@
 3. **detect** the particles in every frame with the trained bundle;
 4. **link** the detections into tracks (trackpy, :mod:`napari_deeptrack.analysis.tracking`);
 5. **evaluate** against the ground truth: precision, recall, F1 and localisation RMSE with detections
-   matched within 2 px, how often linked steps join the same true particle, and the diffusion
+   matched within 2 px, how often linked steps join the same true particle, the ISBI 2012 particle
+   tracking challenge scores (alpha, beta, track and point Jaccard, RMSE; 5 px gate), and the diffusion
    coefficient from the tracks' MSD vs the simulated one (and vs the same estimator on the true
    tracks, which shows the estimator's own sampling error);
 6. **report**: ``report.md``, ``metrics.json``, figures, the bundle, the movie as a TIFF with its
@@ -263,11 +264,13 @@ def run_demo(
     Returns
     -------
     dict
-        ``metrics`` (``detection``, ``tracking``, ``diffusion``, ``training``, ``timing`` sections),
+        ``metrics`` (``detection``, ``tracking``, ``tracking (ISBI 2012)``, ``diffusion``, ``training``,
+        ``timing`` sections),
         ``paths`` (name -> Path of every file written), ``settings`` (dict), ``elapsed_s``.
     """
     from .analysis.metrics import detection_metrics, match_truth_tracks, tracking_metrics
     from .analysis.tracking import link_tracks, track_table
+    from .analysis.tracking_metrics import isbi_tracking_scores
     from .io.bundle import load_bundle
     from .io.tiff import write_tiff
     from .report import plot_msd, plot_overlay, plot_tracks, write_report
@@ -352,6 +355,9 @@ def run_demo(
             sweep[f"{k} at {thr:g}"] = m_thr[k]
     tracks["truth_track_id"] = match_truth_tracks(tracks, present, s.tolerance_px)
     trk = tracking_metrics(tracks, truth)
+    # the ISBI 2012 particle tracking challenge measures (Chenouard et al. 2014), 5 px gate
+    cols = ["frame", "y", "x", "track_id"]
+    isbi = isbi_tracking_scores(tracks[cols], present[cols], gate_px=5.0)
     diff = _diffusion(tracks, s, px)
     true_tracks = present[["frame", "track_id", "y", "x"]]
     diff_truth = _diffusion(true_tracks, s, px)
@@ -426,6 +432,7 @@ def run_demo(
         "detection": detection,
         "detection vs threshold": sweep,
         "tracking": trk,
+        "tracking (ISBI 2012)": isbi,
         "diffusion": diffusion,
         "training": training,
         "timing": timing,
@@ -438,7 +445,9 @@ def run_demo(
         f"({training['images_seen']} simulated images); detected, linked and compared with the ground truth. "
         f"**F1 = {det['f1']:.3f}** (precision {det['precision']:.3f}, recall {det['recall']:.3f}, "
         f"match within {s.tolerance_px:g} px), localisation RMSE {det['rmse_xy']:.3f} px "
-        f"({detection['rmse_xy_nm']:.0f} nm); D measured {d_meas:.4f} um^2/s vs true {s.diffusion_um2_s:g} "
+        f"({detection['rmse_xy_nm']:.0f} nm); ISBI 2012 tracking scores alpha {isbi['alpha']:.3f}, "
+        f"beta {isbi['beta']:.3f}, track Jaccard {isbi['jaccard_tracks']:.3f}; "
+        f"D measured {d_meas:.4f} um^2/s vs true {s.diffusion_um2_s:g} "
         f"(same estimator on the true tracks: {d_ref:.4f})."
     )
     written = write_report(

@@ -40,6 +40,20 @@ def test_quick_demo_cli_reaches_f1_floor_and_writes_report(tmp_path, capsys):
     assert abs(det["mean_dy"]) < 0.15 and abs(det["mean_dx"]) < 0.15, det
     assert det["n_truth"] > 500 and det["tp"] + det["fn"] == det["n_truth"]
     assert m["tracking"]["link_accuracy"] > 0.95
+    # the ISBI 2012 particle tracking challenge scores (5 px gate), in metrics.json and the report
+    isbi = m["tracking (ISBI 2012)"]
+    for key in ("alpha", "beta", "jaccard_tracks", "jaccard_points"):
+        assert 0.0 <= isbi[key] <= 1.0, (key, isbi)
+    assert isbi["beta"] <= isbi["alpha"] and isbi["gate_px"] == 5.0
+    assert 0.0 <= isbi["rmse_px"] <= isbi["gate_px"], isbi  # px, over point pairs inside the gate
+    assert isbi["n_true_tracks"] == m["tracking"]["n_true_tracks"]
+    assert isbi["n_pred_tracks"] == m["tracking"]["n_tracks"]
+    # every true point is a TP or an FN, every detection a TP or an FP (spurious tracks included)
+    assert isbi["tp_points"] + isbi["fn_points"] == det["n_truth"]
+    assert isbi["tp_points"] + isbi["fp_points"] == det["n_pred"]
+    # seed 0 measured alpha 0.88, beta 0.83, track Jaccard 0.77, point Jaccard 0.85 (track fragments
+    # beyond the one paired with a true track count as spurious); untrained or mislinked tracks score lower
+    assert isbi["alpha"] > 0.7 and isbi["jaccard_points"] > 0.7, isbi
     # the diffusion measured from the detected tracks agrees with the same estimator on the true
     # tracks (measured: 0 to -10 %, detected tracks slightly low), and with the simulated D within
     # the sampling error of one short movie (the true tracks themselves give -6 % to +17 %)
@@ -57,6 +71,9 @@ def test_quick_demo_cli_reaches_f1_floor_and_writes_report(tmp_path, capsys):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
     assert "F1 = " in report and "![detections on frame 1](overlay.png)" in report
+    assert "## tracking (ISBI 2012)" in report and "ISBI 2012 tracking scores alpha" in report
+    section = report.split("## tracking (ISBI 2012)")[1].split("\n## ")[0]
+    assert all(k in section for k in ("alpha", "beta", "jaccard_tracks", "jaccard_points", "rmse_px"))
     movie, meta = read_tiff(out / "movie.tif")
     assert movie.shape == (30, 128, 128) and meta["pixel_size_um"] == pytest.approx(0.1)
     dets = pd.read_csv(out / "detections.csv")
