@@ -257,9 +257,8 @@ def test_augmentation_parameters_validated_and_serialisable():
 
 
 def test_flip_rotate_with_real_fluorescence_is_exact():
-    from napari_deeptrack.sim.optics.fluorescence import Fluorescence
-
     from napari_deeptrack.sim import PointParticle
+    from napari_deeptrack.sim.optics.fluorescence import Fluorescence
 
     pipe = Pipeline(
         image_shape=(32, 32),

@@ -219,9 +219,8 @@ def test_movie_serialisation_and_validation():
 
 
 def test_movie_with_real_fluorescence():
-    from napari_deeptrack.sim.optics.fluorescence import Fluorescence
-
     from napari_deeptrack.sim import PointParticle
+    from napari_deeptrack.sim.optics.fluorescence import Fluorescence
 
     pipe = Pipeline((32, 32), [Particles(PointParticle(), count=3, margin_px=6, intensity=500.0)],
                     Fluorescence(NA=1.2, wavelength_um=0.6, pixel_size_um=0.1),

@@ -231,9 +231,8 @@ def test_bad_input_raises_value_error():
 
 
 def test_full_pipeline_with_real_fluorescence_round_trips():
-    from napari_deeptrack.sim.optics.fluorescence import Fluorescence
-
     from napari_deeptrack.sim import Background, PointParticle, Poisson, Sphere
+    from napari_deeptrack.sim.optics.fluorescence import Fluorescence
 
     pipe = Pipeline(
         image_shape=(32, 32),

@@ -1,4 +1,4 @@
-"""Fine-tuning helpers (train/finetune.py): the one targets_from_points, labels, mixed real/simulated batches."""
+"""Fine-tuning helpers (train/finetune.py): targets_from_points, labels, mixed real / simulated batches."""
 
 import numpy as np
 import pandas as pd
