@@ -267,7 +267,7 @@ def part_bulk(args) -> None:
     tp_dev = locate_trackpy(dev, **tp_kw)
     scores = {}
     dev_det = _predict(bundle, dev, threshold=0.05)
-    for thr in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
+    for thr in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
         m = detection_metrics(dev_det[dev_det.probability >= thr], tp_dev, 2.0)
         scores[thr] = m["f1"]
     thr = max(scores, key=scores.get)
@@ -390,7 +390,7 @@ def part_nuclei(args) -> None:
     det_dev = _predict(bundle, dev[1:], threshold=0.05)
     truth_dev = dev_truth[dev_truth.frame > 0].assign(frame=lambda d: d.frame - 1)
     scores = {t: detection_metrics(det_dev[det_dev.probability >= t], truth_dev, 5.0)["f1"]
-              for t in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)}  # fmt: skip
+              for t in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)}  # fmt: skip
     thr = max(scores, key=scores.get)
     otsu_scores = {
         a: detection_metrics(_otsu(dev[1:], a), truth_dev, 5.0)["f1"] for a in (0, 20, 50, 100, 200)

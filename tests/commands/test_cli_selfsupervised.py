@@ -10,7 +10,8 @@ from napari_deeptrack.io.tiff import write_tiff
 
 SMALL = [
     "--epochs", "3", "--steps-per-epoch", "15", "--seed", "0", "--quiet",
-    "--set", "model.channels=[8]", "--set", "model.pooled_channels=[16,16]", "--set", "training.batch_size=16",
+    "--set", "model.channels=[8]", "--set", "model.pooled_channels=[16,16]",
+    "--set", "training.batch_size=16",
 ]  # fmt: skip
 
 
