@@ -135,6 +135,10 @@ def _check_apply(ns: dict, cwd: Path) -> None:
 
 def _check_evaluate(ns: dict, cwd: Path) -> None:
     assert 0.0 <= ns["m"]["f1"] <= 1.0
+    # the tracking scores of the linked tracks: ISBI 2012 measures and the CTC / MOT measures
+    assert all(0.0 <= ns["isbi"][k] <= 1.0 for k in ("alpha", "beta", "jaccard_tracks", "jaccard_points"))
+    assert ns["isbi"]["n_true_tracks"] == ns["truth"]["track_id"].nunique()
+    assert {"DET", "TRA", "LNK", "MOTA", "IDF1", "HOTA", "CHOTA"} <= set(ns["ctc"])
     # the bound at 1000 photons; radial symmetry and the MLE come within 30 % of it (and not below)
     bound = ns["bound"]["crlb_x_px"]
     assert 0.01 < bound < 0.1
