@@ -91,3 +91,9 @@ def test_export_bioimageio_button_writes_a_package_that_loads(make_napari_viewer
     theirs = predict(loaded, x[0, 0]).maps
     np.testing.assert_allclose(theirs, ours, atol=1e-5, rtol=0)
     np.testing.assert_allclose(np.asarray(ours).reshape(y.shape), y, atol=1e-5, rtol=0)
+
+    # a package loaded back (Apply > file) is not exported again
+    w.session.set_model(loaded, origin="file")
+    assert w.export_bioimageio(tmp_path / "again.zip") is None
+    assert not (tmp_path / "again.zip").exists()
+    assert any("already a bioimage.io package" in m for m, _ in messages)

@@ -424,6 +424,11 @@ class TrainWidget(Container):
         if self.export_worker is not None:
             notify("A bioimage.io export is already running.", "warning")
             return None
+        from ..io.bioimageio import is_bioimageio_package
+
+        if bundle.path is not None and is_bioimageio_package(bundle.path):
+            notify(f"The model in use is already a bioimage.io package: {bundle.path}", "warning")
+            return None
         if path is None:
             from qtpy.QtWidgets import QFileDialog
 
