@@ -1,11 +1,16 @@
-"""Screenshots of the four dock widgets at work, saved to docs/images/ (run under a display or Xvfb).
+"""Screenshots of the plugin at work, made the way a user works, saved to docs/images/.
 
-    xvfb-run -a python scripts/screenshots.py [--steps 40]
+    xvfb-run -a -s "-screen 0 1400x900x24" python scripts/screenshots.py [--steps 40]
 
-1. Simulate: the simulated particle movie is the "real" layer; Match to layer + preview side by side.
-2. Train: the particles-2d preset trained for a few epochs (loss curves, progress, ETA).
-3. Apply: the just-trained model on the movie (detections coloured by probability, tracks, counts).
-4. Review: a corrected copy of the detections scored against the model and trackpy.
+A 1400 x 900 napari window; the sample data set *Fluorescent particles movie + ground truth* opened
+from File > Open Sample; every widget opened from Plugins > DeepTrack (``add_plugin_dock_widget``,
+so each gets napari's proxy of the viewer, as for a user) and driven through its buttons:
+
+1. Simulate: Match to layer, Preview, "compare side by side".
+2. Train: the particles-2d preset on the matched simulation (a few epochs).
+3. Apply: the model just trained on the movie (detections coloured by probability, tracks, counts).
+4. Review: a corrected copy (here: the ground truth) scored against the model and trackpy.
+5. Diffusion (MSD): the ensemble MSD of the tracks and the diffusion coefficient.
 """
 
 from __future__ import annotations
@@ -14,106 +19,111 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
-
 OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
+PLUGIN = "napari-deeptrack"
 
 
-def wait(app, cond, timeout=600.0):
+def wait(app, cond, timeout=900.0):
     t0 = time.time()
     while not cond():
         app.processEvents()
         time.sleep(0.02)
         if time.time() - t0 > timeout:
             raise TimeoutError("worker did not finish")
-    for _ in range(20):
+    settle(app)
+
+
+def settle(app, n=30):
+    for _ in range(n):
         app.processEvents()
         time.sleep(0.01)
 
 
-def dock(viewer, widget, name, first=False):
-    widget.native.setMaximumWidth(470)
-    viewer.window.add_dock_widget(widget, name=name, area="right", tabify=not first)
-
-
-def shot(viewer, app, name, reset=True):
-    if reset:
-        viewer.reset_view()
-    for _ in range(30):
-        app.processEvents()
-        time.sleep(0.01)
+def shot(viewer, app, name):
+    settle(app)
     OUT.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(str(OUT / name), canvas_only=False)
     print("saved", OUT / name)
 
 
+def open_widget(viewer, name):
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=True)
+    dock.show()
+    dock.raise_()
+    return dock, widget
+
+
 def main() -> None:
     import napari
+    import numpy as np
     import torch
     from qtpy.QtWidgets import QApplication
-
-    from napari_deeptrack._napari._apply_widget import ApplyWidget
-    from napari_deeptrack._napari._review_widget import ReviewWidget
-    from napari_deeptrack._napari._sample_data import particle_movie
-    from napari_deeptrack._napari._simulate_widget import SimulateWidget
-    from napari_deeptrack._napari._train_widget import TrainWidget
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=40, help="training steps per epoch")
     p.add_argument("--epochs", type=int, default=4)
     args = p.parse_args()
     torch.manual_seed(0)
+    torch.set_num_threads(1)
     app = QApplication.instance() or QApplication([])
     viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1400, 900)
-    (img, ik, _), (pts, pk, _) = particle_movie(n_frames=10, shape=(96, 96))
-    image = viewer.add_image(img, **ik)
+    viewer.window.resize(1400, 900)
+    image, truth = viewer.open_sample(PLUGIN, "particle_movie")
+    truth.visible = False
+    settle(app)
 
-    sim = SimulateWidget(viewer)
-    dock(viewer, sim, "Simulate", first=True)
+    # 1. Simulate
+    _, sim = open_widget(viewer, "Simulate")
     sim.auto_preview.value = False
     sim.layer.value = image
-    sim.match_to_layer()
-    sim.preview()
+    sim.match_btn.native.click()
+    wait(app, lambda: sim._match_worker is None)
+    sim.preview_btn.native.click()
     wait(app, lambda: sim.last_result is not None and sim._worker is None)
+    sim.compare.value = True
+    viewer.reset_view()
     shot(viewer, app, "simulate.png")
+    sim.compare.value = False  # restores the grid and the camera
+    viewer.layers["DeepTrack simulation"].visible = False
 
-    sim_layer = viewer.layers["DeepTrack simulation"]
-    viewer.layers.remove(sim_layer)
-    sim._apply_layout()
-    from napari_deeptrack._napari._simulate_widget import _grid
-
-    _grid(viewer).enabled = False
-    viewer.add_points(pts, **pk).visible = False
-    train = TrainWidget(viewer)
-    dock(viewer, train, "Train")
+    # 2. Train on the matched simulation
+    _, train = open_widget(viewer, "Train")
     train.preset.value = "particles-2d"
+    assert train.use_simulation.value, "the matched simulation should be ticked"
     train.epochs.value, train.steps.value, train.batch_size.value = args.epochs, args.steps, 8
     train.validation_size.value = 32
     train.device.value = "cpu"
-    train.start_training()
+    train.train_btn.native.click()
     wait(app, lambda: train.worker is None)
     shot(viewer, app, "train.png")
 
-    apply = ApplyWidget(viewer)
-    dock(viewer, apply, "Apply")
+    # 3. Apply the model just trained
+    _, apply = open_widget(viewer, "Apply")
     apply.layer.value = image
-    apply.source.value = "model from the Train widget"
-    apply.run()
+    apply.run_btn.native.click()
     wait(app, lambda: apply.worker is None)
-    viewer.dims.set_current_step(0, 3)
+    apply.threshold.value = 0.6
+    viewer.dims.set_current_step(0, 5)
+    viewer.reset_view()
     shot(viewer, app, "apply.png")
 
-    review = ReviewWidget(viewer)
-    dock(viewer, review, "Review")
-    review.image.value = image
-    review.prediction.value = viewer.layers["DeepTrack detections"]
-    review.copy_for_correction()
-    # stand-in for a user's corrections: the simulation's ground truth
-    corrected = review.reference.value
-    corrected.data = np.asarray(pts)
-    review.evaluate()
+    # 4. Review: the ground truth stands in for the user's corrections
+    _, review = open_widget(viewer, "Review")
+    review.copy_btn.native.click()
+    settle(app)
+    review.reference.value.data = np.asarray(truth.data)
+    review.eval_btn.native.click()
     shot(viewer, app, "review.png")
+
+    # 5. Diffusion of the tracks
+    _, msd = open_widget(viewer, "Diffusion (MSD)")
+    choices = [c for c in msd.tracks.choices if getattr(c, "name", "") == "DeepTrack tracks"]
+    if choices:
+        msd.tracks.value = choices[0]
+        msd.frame_interval_s.value = 0.05  # the sample movie's frame interval (its time axis has no unit)
+        msd.run_btn.native.click()
+        wait(app, lambda: msd.worker is None)
+    shot(viewer, app, "diffusion.png")
     viewer.close()
 
 

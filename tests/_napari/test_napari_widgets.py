@@ -134,9 +134,8 @@ def test_simulate_match_preview_and_files(make_napari_viewer, qtbot, tmp_path):
     assert prev.data.shape == real.data.shape
     np.testing.assert_allclose(prev.scale, real.scale)
     np.testing.assert_allclose(prev.translate, real.translate)
-    # its own contrast limits (from the simulated frame), and the user's view is left alone
-    lo, hi = np.percentile(prev.data, (0.5, 99.5))
-    assert tuple(prev.contrast_limits) == pytest.approx((lo, hi))
+    # the simulation lives in the real grey-value range: the real contrast limits, brightness compares
+    assert tuple(prev.contrast_limits) == pytest.approx((0, 400))
     assert not _grid(viewer).enabled
     assert "distance" in w.stats_label.value
     assert w.last_result["comparison"]["distance"] < 0.5  # matched simulation resembles the data

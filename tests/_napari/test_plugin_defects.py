@@ -117,7 +117,7 @@ def test_preview_that_cannot_fit_is_refused_with_the_parameter_to_change(make_na
 # ---------------------------------------------------------------------------- 4: layout
 def test_every_dock_fits_420_px_wide_and_900_px_tall(make_napari_viewer):
     viewer = make_napari_viewer()
-    for name in ("Simulate", "Train", "Apply", "Review"):
+    for name in ("Simulate", "Train", "Apply", "Review", "Diffusion (MSD)"):
         dock, w = open_widget(viewer, name)
         hint = dock.minimumSizeHint()
         assert hint.width() <= 420, f"{name} dock needs {hint.width()} px"
@@ -152,6 +152,16 @@ def _bundle(preset, model, **task_changes):
     return Bundle(model=model.eval(), task=task, config={"history": {}}, path=None)
 
 
+def baseline_gap(qtbot, seconds=1.0) -> float:
+    """The largest event-loop gap with nothing to do (the machine's own scheduling noise): on a loaded
+    machine every timing grows by this much whatever the widgets do."""
+    timer, ticks = _ticks()
+    timer.start()
+    qtbot.wait(int(seconds * 1000))
+    timer.stop()
+    return float(np.diff(ticks).max()) if len(ticks) > 2 else 0.0
+
+
 def _ticks():
     from qtpy.QtCore import QTimer
 
@@ -180,12 +190,13 @@ def test_apply_keeps_the_event_loop_responsive(make_napari_viewer, qtbot):
     )
     w.layer.value = src
     w.batch_size.value = 4
+    noise = baseline_gap(qtbot)
     done = []
     timer, ticks = _ticks()
     timer.start()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     worker = w.run()
-    run_call = time.perf_counter() - t0
+    run_call, run_cpu = time.perf_counter() - t0, time.thread_time() - c0
     assert worker is not None
     worker.returned.connect(lambda *_: done.append(time.perf_counter()))
     qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
@@ -195,12 +206,13 @@ def test_apply_keeps_the_event_loop_responsive(make_napari_viewer, qtbot):
     predicting = np.diff(ticks[ticks <= done[0]])
     writing = np.diff(ticks[ticks >= done[0] - 0.02])
     print(
-        f"Apply 24x256x256: Run call {run_call * 1000:.0f} ms, max gap while predicting "
-        f"{predicting.max() * 1000:.0f} ms, while writing layers {writing.max() * 1000:.0f} ms"
+        f"Apply 24x256x256: Run call {run_call * 1000:.0f} ms ({run_cpu * 1000:.0f} ms CPU), max gap while "
+        f"predicting {predicting.max() * 1000:.0f} ms, while writing layers {writing.max() * 1000:.0f} ms "
+        f"(idle baseline {noise * 1000:.0f} ms)"
     )
-    assert run_call < 0.1, f"Run blocked {run_call * 1000:.0f} ms before its worker started"
+    assert run_cpu < 0.1, f"Run blocked {run_cpu * 1000:.0f} ms (CPU) before its worker started"
     assert len(predicting) > 5
-    assert predicting.max() < 0.1, f"the event loop stalled {predicting.max() * 1000:.0f} ms during Apply"
+    assert predicting.max() < 0.1 + noise, f"the event loop stalled {predicting.max() * 1000:.0f} ms"
     assert "DeepTrack detections" in viewer.layers
 
 
@@ -295,3 +307,88 @@ def test_no_private_napari_attributes_in_the_plugin():
     root = Path(__file__).resolve().parents[2] / "src" / "napari_deeptrack" / "_napari"
     for path in root.glob("*.py"):
         assert "_qt_window" not in path.read_text(), path.name
+
+
+# ---------------------------------------------------------------------------- the trackpy-like loop
+def _spot_stack(n_frames=10, shape=(128, 128), n=12, seed=0, step_px=0.0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    pos = rng.uniform(12, shape[0] - 12, (n, 2))
+    stack = rng.poisson(20, (n_frames, *shape)).astype(np.float32)
+    for t in range(n_frames):
+        for y, x in pos:
+            stack[t] += 400 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 4.5)
+        pos = pos + rng.normal(0, step_px, pos.shape)
+    return stack
+
+
+def _detector():
+    return _bundle(
+        "particles-2d", BlobDetector(), input_normalization={"mode": "percentile", "low": 1, "high": 99.8}
+    )
+
+
+def test_preview_this_frame_detects_only_the_frame_shown_fast(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    src = viewer.add_image(_spot_stack(n_frames=10, shape=(256, 256)))
+    _, w = open_widget(viewer, "Apply")
+    w.set_bundle(_detector())
+    w.layer.value = src
+    viewer.dims.set_current_step(0, 6)
+    w.preview_btn.native.click()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)
+    pts = viewer.layers["DeepTrack detections"]
+    frames = np.unique(np.asarray(pts.data)[:, 0])
+    assert list(frames) == [6] and len(pts.data) >= 10
+    assert w.last_preview_s < 1.0, f"preview took {w.last_preview_s:.2f} s"
+    assert w.session.result is None  # a preview is not an Apply result
+
+
+def test_linking_drops_stubs_from_the_tracks(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    src = viewer.add_image(_spot_stack(n_frames=8, step_px=0.5))
+    _, w = open_widget(viewer, "Apply")
+    w.set_bundle(_detector())
+    w.layer.value = src
+    w.link.value = True
+    w.memory.value = 2
+    w.min_track_length.value = 5
+    w.run()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=60_000)
+    tracks = np.asarray(viewer.layers["DeepTrack tracks"].data)
+    _, lengths = np.unique(tracks[:, 0], return_counts=True)
+    assert len(lengths) >= 8 and lengths.min() >= 5
+    det = viewer.layers["DeepTrack detections"].features
+    assert (det["track_id"] >= -1).all()  # stubs stay as detections, unlinked (-1)
+
+
+def test_diffusion_dock_recovers_a_known_diffusion_coefficient(make_napari_viewer, qtbot):
+    rng = np.random.default_rng(1)
+    d_true, px, dt = 0.5, 0.1, 0.05  # um^2/s, um/px, s
+    sigma_px = np.sqrt(2 * d_true * dt) / px
+    rows = []
+    for k in range(150):
+        xy = np.cumsum(rng.normal(0, sigma_px, (30, 2)), axis=0) + 100
+        rows += [(k, t, y, x) for t, (y, x) in enumerate(xy)]
+    viewer = make_napari_viewer()
+    viewer.add_tracks(np.asarray(rows), scale=(dt, px, px), units=("second", "um", "um"), name="tracks")
+    _, w = open_widget(viewer, "Diffusion (MSD)")
+    w.tracks.value = w.tracks.choices[-1]
+    assert w.pixel_size_um.value == pytest.approx(px) and w.frame_interval_s.value == pytest.approx(dt)
+    w.run_btn.native.click()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)
+    d = w.last["ensemble"]["diffusion_um2_s"]
+    assert d == pytest.approx(d_true, rel=0.1)
+    assert "D = " in w.result.value and len(w.plot.msd) == 10
+
+
+def test_preview_contrast_limits_own_when_the_ranges_differ():
+    from napari_deeptrack._napari._simulate_widget import preview_contrast_limits
+
+    rng = np.random.default_rng(0)
+    brightfield = rng.normal(1.0, 0.05, (64, 64))  # ~1 photon/px illumination, dark particles
+    lo, hi = preview_contrast_limits(brightfield, real_limits=(0.0, 255.0))
+    assert 0.8 < lo < 1.0 < hi < 1.2  # its own: with (0, 255) it would be black
+    fluo = rng.poisson(20, (64, 64)).astype(float)
+    fluo[30:33, 30:33] = 300
+    assert preview_contrast_limits(fluo, real_limits=(0.0, 350.0)) == (0.0, 350.0)

@@ -40,7 +40,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from ._dock import collapsible, scroll_form
+from ._dock import collapsible, scroll_form, text_row
 from ._layers import (
     InputError,
     image_frames,
@@ -77,6 +77,14 @@ class ApplyWidget(Container):
         )
         self.link = CheckBox(label="link tracks (stacks)", value=True)
         self.search_range = FloatSpinBox(label="track search range (px)", value=5.0, min=0.1, max=500.0)
+        self.memory = SpinBox(label="memory (frames)", value=0, min=0, max=100)
+        self.memory.tooltip = "Frames a particle may vanish and keep its track (0: the task's default)."
+        self.min_track_length = SpinBox(label="min track length", value=1, min=1, max=10**5)
+        self.min_track_length.tooltip = "Shorter tracks (stubs) are not linked: their detections stay."
+        self.preview_btn = PushButton(text="Preview this frame")
+        self.preview_btn.tooltip = (
+            "Detect on the frame shown only (well under a second), before the whole stack."
+        )
         self.run_btn = PushButton(text="Run")
         self.cancel_btn = PushButton(text="Cancel")
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
@@ -86,27 +94,30 @@ class ApplyWidget(Container):
         self.warnings_label = Label(value="")
         # segmentation post-processing, live on the instances (no network run)
         self.min_size = SpinBox(label="min object size (px)", value=0, min=0, max=10**7)
-        self.exclude_border = CheckBox(label="remove objects touching the border", value=False)
+        self.exclude_border = CheckBox(label="drop objects on the border", value=False)
         self.outlines_only = CheckBox(label="show outlines only", value=False)
         super().__init__(widgets=[])
         seg_box, _ = collapsible(
             "Segmentation: object filters", [self.min_size, self.exclude_border, self.outlines_only]
         )
-        link_box, _ = collapsible("Tracking: linking", [self.link, self.search_range])
+        link_box, _ = collapsible(
+            "Tracking: linking", [self.link, self.search_range, self.memory, self.min_track_length]
+        )
         self.form = Container(
             widgets=[
                 self.layer,
                 self.source,
                 self.bundle_path,
-                self.bundle_info,
+                text_row(self.bundle_info),
                 self.batch_size,
                 self.tile_size,
+                self.preview_btn,
                 Container(widgets=[self.run_btn, self.cancel_btn], layout="horizontal", labels=False),
                 self.progress,
                 self.threshold,
-                self.counts_label,
+                text_row(self.counts_label),
                 self.export_btn,
-                self.warnings_label,
+                text_row(self.warnings_label),
             ]
         )
         lay = self.form.native.layout()
@@ -133,6 +144,7 @@ class ApplyWidget(Container):
             self._session_model_changed(self.session.model)
         self.bundle_path.changed.connect(lambda *_: self.load_bundle())
         self.run_btn.changed.connect(self.run)
+        self.preview_btn.changed.connect(self.preview_frame)
         self.cancel_btn.changed.connect(self.cancel)
         self.threshold.changed.connect(self.apply_threshold)
         for w in (self.min_size, self.exclude_border):
@@ -249,10 +261,11 @@ class ApplyWidget(Container):
                 float(self.threshold.value),
                 meta["link"],
                 meta["search_range"],
-                None,  # linking memory: the task's
+                int(self.memory.value) if self.memory.value > 0 else None,
                 int(self.tile_size.value),
             ),
             error="Apply failed",
+            min_track_length=int(self.min_track_length.value),
         )
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda res: self._show(res, bundle, meta))
@@ -261,6 +274,72 @@ class ApplyWidget(Container):
         self.worker = worker
         self.run_btn.enabled = False
         self.cancel_btn.enabled = True
+        worker.start()
+        return worker
+
+    def preview_frame(self, *_):
+        """Detect on the frame shown only (the trackpy loop: tune on one frame, then run the stack).
+
+        The detections of that frame replace the Points layer's content for a quick look; Run then
+        processes every frame. Returns the worker (or None).
+        """
+        if self.worker is not None:
+            notify("Apply is already running.", "warning")
+            return None
+        layer = self.layer.value
+        try:
+            bundle = self.current_bundle()
+            if layer is None:
+                raise InputError("No image layer selected: open or select a grey-scale image for Apply.")
+            t = 0
+            if layer.ndim == 3 and not layer.rgb and hasattr(layer, "data_to_world"):
+                t = int(self.viewer.dims.current_step[0])
+                t = min(max(t, 0), layer.data.shape[0] - 1)
+                frames = np.asarray(layer.data[t], dtype=np.float32)[None]  # this frame only
+                if not np.isfinite(frames).all() or float(frames.max()) == float(frames.min()):
+                    raise InputError(f"Frame {t} of '{layer.name}' is empty or not finite.")
+            else:
+                frames, _ = image_frames(layer, what="Apply")
+            _check_bundle_fits(bundle, frames)
+        except InputError as exc:
+            notify(str(exc), "error")
+            return None
+        meta = {
+            "source": layer,
+            "was_2d": layer.ndim == 2,
+            "pixel_size_um": layer_pixel_size_um(layer),
+            "n_frames": layer.data.shape[0] if layer.ndim == 3 else 1,
+            "frame_offset": t,
+        }
+        t0 = time.perf_counter()
+        worker = start_worker(
+            predict_chunks,
+            bundle,
+            frames,
+            1,
+            float(self.threshold.value),
+            False,
+            None,
+            error="Preview failed",
+        )
+
+        def show(res):
+            det = res.get("detections")
+            if det is not None:
+                det = det.copy()
+                det["frame"] = t
+                res = {**res, "detections": det, "labels": None, "image": None, "counts": None}
+            self.last_preview_s = time.perf_counter() - t0
+            self._show(res, bundle, meta, record=False)
+            self.warnings_label.value = (
+                f"preview of frame {t}: {len(det) if det is not None else 0} detections in "
+                f"{self.last_preview_s:.2f} s; Run processes every frame"
+            )
+
+        worker.returned.connect(show)
+        worker.finished.connect(self._finished)
+        self.worker = worker
+        self.run_btn.enabled = self.preview_btn.enabled = False
         worker.start()
         return worker
 
@@ -289,15 +368,15 @@ class ApplyWidget(Container):
     def _release(self):
         self.worker = None
         self._worker_done = False
-        self.run_btn.enabled = True
+        self.run_btn.enabled = self.preview_btn.enabled = True
         self.cancel_btn.enabled = False
 
     # ------------------------------------------------------------------ results -> layers
-    def _show(self, res: dict, bundle, meta: dict) -> None:
+    def _show(self, res: dict, bundle, meta: dict, record: bool = True) -> None:
         """Write the results layer by layer, one per event-loop turn (napari stays responsive)."""
         from qtpy.QtCore import QTimer
 
-        steps = self._show_steps(res, bundle, meta)
+        steps = self._show_steps(res, bundle, meta, record)
         self._writing = True
 
         def step():
@@ -318,7 +397,7 @@ class ApplyWidget(Container):
 
         QTimer.singleShot(0, step)
 
-    def _show_steps(self, res: dict, bundle, meta: dict):
+    def _show_steps(self, res: dict, bundle, meta: dict, record: bool = True):
         if not widget_alive(self):
             return
         if res is None:
@@ -373,7 +452,8 @@ class ApplyWidget(Container):
                 )
             yield
             if "track_id" in det.columns and len(det) and lead:
-                tracks = det[["track_id", "frame", "y", "x"]].to_numpy(dtype=float)
+                linked = det[det["track_id"] >= 0]
+                tracks = linked[["track_id", "frame", "y", "x"]].to_numpy(dtype=float)
                 self._tracks_layer = write_layer(
                     self.viewer,
                     "DeepTrack tracks",
@@ -420,6 +500,8 @@ class ApplyWidget(Container):
             counts = np.asarray(res["counts"])
             self.cache = None
             self.counts_label.value = "counts per frame: " + ", ".join(f"{c:.1f}" for c in counts[:20])
+        if not record:  # a one-frame preview: not an Apply result for Review
+            return
         self.session.set_result(
             ApplyResult(
                 bundle=bundle,
@@ -499,6 +581,7 @@ class ApplyWidget(Container):
         if tracks is None or tracks not in self.viewer.layers or "track_id" not in self.cache.table:
             return
         shown = self.cache.shown_table(self.threshold.value)
+        shown = shown[shown["track_id"] >= 0]  # stubs are not tracks
         if len(shown):
             tracks.data = shown[["track_id", "frame", "y", "x"]].to_numpy(dtype=float)
         tracks.visible = bool(len(shown))
@@ -550,7 +633,7 @@ def _default_min_area(task) -> int:
     return 10
 
 
-def _apply_job(bundle, frames, pixel_size_um, predict_args: tuple):
+def _apply_job(bundle, frames, pixel_size_um, predict_args: tuple, min_track_length: int = 1):
     """Worker: the coverage check (seconds on big stacks, so not on the main thread), the prediction
     (yields frames done) and, for segmentation, the instance table the live filters act on."""
     try:
@@ -561,6 +644,13 @@ def _apply_job(bundle, frames, pixel_size_um, predict_args: tuple):
         warnings = [f"could not compare with the training simulation: {exc}"]
     yield ("warnings", warnings)
     out = yield from predict_chunks(bundle, frames, *predict_args)
+    det = out.get("detections")
+    if min_track_length > 1 and det is not None and "track_id" in det and len(det):
+        # trackpy's filter_stubs: short tracks are not tracks (their detections stay, unlinked: -1)
+        length = det.groupby("track_id")["frame"].transform("size").to_numpy()
+        det = det.copy()
+        det.loc[length < min_track_length, "track_id"] = -1
+        out["detections"] = det
     labels = out.get("labels")
     if labels is not None:
         from ..analysis.segment import instance_table

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from magicgui.widgets import Container, Label
 
-__all__ = ["DOCK_WIDTH_PX", "collapsible", "scroll_form", "wrap_labels"]
+__all__ = ["DOCK_WIDTH_PX", "collapsible", "scroll_form", "text_row", "wrap_labels"]
 
 #: The dock width every widget must fit (tested).
 DOCK_WIDTH_PX = 420
@@ -25,6 +25,18 @@ def wrap_labels(form: Container) -> None:
             w.native.setMinimumWidth(10)
         elif isinstance(w, Container):
             wrap_labels(w)
+
+
+def text_row(label: Label) -> Container:
+    """A free text that spans the dock's whole width (in a labelled form it would sit in the narrow
+    value column and wrap after every word)."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    label.native.setWordWrap(True)
+    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.MinimumExpanding)
+    row = Container(widgets=[label], labels=False)
+    row.native.layout().setContentsMargins(0, 0, 0, 0)
+    return row
 
 
 def collapsible(title: str, widgets: list, expanded: bool = False):
@@ -51,6 +63,7 @@ def scroll_form(outer: Container, form: Container, footer=None) -> None:
     from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy
 
     wrap_labels(form)
+    form.native.layout().addStretch(1)  # rows stay compact at the top instead of spreading out
     area = QScrollArea()
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
@@ -64,4 +77,8 @@ def scroll_form(outer: Container, form: Container, footer=None) -> None:
     if footer is not None:
         layout.addWidget(footer)
     outer.scroll_area = area
-    outer.native.setMinimumWidth(min(form.native.minimumSizeHint().width() + 24, DOCK_WIDTH_PX))
+    width = min(
+        form.native.minimumSizeHint().width() + area.verticalScrollBar().sizeHint().width() + 4, DOCK_WIDTH_PX
+    )
+    area.setMinimumWidth(width)  # the form is never clipped on the right
+    outer.native.setMinimumWidth(width)

@@ -8,7 +8,7 @@ from qtpy.QtCore import QPointF, QRectF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
-__all__ = ["LossPlot"]
+__all__ = ["LossPlot", "MSDPlot"]
 
 
 class LossPlot(QWidget):
@@ -104,3 +104,60 @@ def _finite(v) -> bool:
         return v is not None and math.isfinite(float(v))
     except (TypeError, ValueError):
         return False
+
+
+class MSDPlot(QWidget):
+    """Ensemble mean squared displacement (um^2) against lag time (s), with the fitted line
+    ``MSD = 4 D tau + offset`` (2D), drawn with QPainter (no matplotlib on the GUI thread)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setMinimumHeight(160)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.lag_s: list[float] = []
+        self.msd: list[float] = []
+        self.sem: list[float] = []
+        self.fit: tuple[float, float] | None = None  # (D um^2/s, offset um^2)
+
+    def set_data(self, lag_s, msd, sem=None, fit: tuple[float, float] | None = None) -> None:
+        self.lag_s = [float(v) for v in lag_s]
+        self.msd = [float(v) for v in msd]
+        self.sem = [float(v) if _finite(v) else 0.0 for v in (sem if sem is not None else [0.0] * len(msd))]
+        self.fit = fit
+        self.update()
+
+    def paintEvent(self, event):  # noqa: N802 - Qt API
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        w, h = self.width(), self.height()
+        p.fillRect(0, 0, w, h, QColor(38, 41, 48))
+        left, right, top, bottom = 48, 10, 8, 22
+        area = QRectF(left, top, max(w - left - right, 10), max(h - top - bottom, 10))
+        p.setPen(QPen(QColor(120, 120, 120)))
+        p.drawRect(area)
+        if not self.msd:
+            p.setPen(QColor(180, 180, 180))
+            p.drawText(area, Qt.AlignmentFlag.AlignCenter, "MSD of the tracks appears here")
+            p.end()
+            return
+        x_max = max(self.lag_s) * 1.05
+        y_max = max(m + s for m, s in zip(self.msd, self.sem)) * 1.1 or 1.0
+
+        def pt(x, y):
+            return QPointF(area.left() + area.width() * x / x_max, area.bottom() - area.height() * y / y_max)
+
+        if self.fit is not None:
+            d, off = self.fit
+            p.setPen(QPen(QColor(255, 150, 60), 2.0))
+            p.drawLine(pt(0.0, max(off, 0.0)), pt(x_max, min(4 * d * x_max + off, y_max)))
+        p.setPen(QPen(QColor(80, 170, 255), 1.5))
+        for x, y, s in zip(self.lag_s, self.msd, self.sem):
+            p.drawLine(pt(x, max(y - s, 0.0)), pt(x, y + s))
+            p.drawEllipse(pt(x, y), 3.0, 3.0)
+        p.setPen(QColor(200, 200, 200))
+        p.drawText(QPointF(2, area.top() + 10), f"{y_max:.2g}")
+        p.drawText(QPointF(2, area.bottom()), "0")
+        p.drawText(QPointF(2, area.top() + 24), "um^2")
+        p.drawText(QPointF(area.left(), h - 5), "lag time (s); fit MSD = 4 D t + c (orange)")
+        p.drawText(QPointF(area.right() - 40, h - 5), f"{x_max:.2g}")
+        p.end()

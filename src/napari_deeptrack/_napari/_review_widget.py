@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
 
-from ._dock import scroll_form
+from ._dock import scroll_form, text_row
 from ._layers import InputError, image_frames, image_layers, is_plugin_layer, notify, start_worker
 from ._session import session_for, unwrap_viewer
 
@@ -55,7 +55,7 @@ class ReviewWidget(Container):
         self.model_info = Label(value="")
         self.form = Container(
             widgets=[
-                self.model_info,
+                text_row(self.model_info),
                 self.image,
                 self.prediction,
                 self.reference,
@@ -63,7 +63,7 @@ class ReviewWidget(Container):
                 self.iou_threshold,
                 self.copy_btn,
                 self.eval_btn,
-                self.results_label,
+                text_row(self.results_label),
                 self.epochs,
                 self.steps,
                 self.finetune_btn,
@@ -156,7 +156,9 @@ class ReviewWidget(Container):
                 np.asarray(src.data)[shown],
                 features=feats,
                 size=src.size[shown] if len(src.size) == len(shown) else 6,
-                face_color="cyan",
+                face_color="transparent",  # hollow: the particle under the marker stays visible
+                border_color="cyan",
+                border_width=0.2,
                 **kwargs,
             )
         elif isinstance(src, Labels):

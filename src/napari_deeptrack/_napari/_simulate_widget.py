@@ -18,7 +18,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
 from qtpy.QtCore import QTimer
 
-from ._dock import collapsible, scroll_form
+from ._dock import collapsible, scroll_form, text_row
 from ._layers import (
     InputError,
     image_frames,
@@ -147,7 +147,7 @@ class SimulateWidget(Container):
             widgets=[
                 self.layer,
                 Container(widgets=[self.match_btn, self.preview_btn], layout="horizontal", labels=False),
-                self.match_label,
+                text_row(self.match_label),
                 self.modality,
                 Label(value="<b>Optics</b>"),
                 self.NA,
@@ -168,8 +168,8 @@ class SimulateWidget(Container):
                 self.auto_preview,
                 self.compare,
                 self.seed,
-                self.stats_label,
-                self.memory_label,
+                text_row(self.stats_label),
+                text_row(self.memory_label),
                 Container(
                     widgets=[self.save_btn, self.load_btn, self.export_btn], layout="horizontal", labels=False
                 ),
@@ -460,7 +460,10 @@ class SimulateWidget(Container):
             frames = frames[:: max(1, len(frames) // 4)][:4]  # a few frames are enough to compare
         if not self._memory_ok(pipeline, n, "the preview"):
             return None
-        meta = {"source": layer}
+        meta = {
+            "source": layer,
+            "contrast_limits": tuple(layer.contrast_limits) if layer is not None else None,
+        }
         worker = start_worker(
             _simulate_preview, pipeline, n, int(self.seed.value), frames, error="Simulation failed"
         )
@@ -484,10 +487,7 @@ class SimulateWidget(Container):
         data = images[0]
         source = meta["source"]
         kwargs = spatial_kwargs(source, data.ndim) if source is not None else {}
-        # its own contrast limits: a bright-field preview (~1 photon/px background) shown with the real
-        # layer's grey values (hundreds) would be black
-        lo, hi = (float(v) for v in np.percentile(data, (0.5, 99.5)))
-        kwargs["contrast_limits"] = (lo, hi if hi > lo else lo + 1.0)
+        kwargs["contrast_limits"] = preview_contrast_limits(data, meta.get("contrast_limits"))
         kwargs["colormap"] = getattr(source, "colormap", None).name if source is not None else "gray"
         kwargs["metadata"] = {"pipeline": result["pipeline_json"]}
         write_layer(self.viewer, PREVIEW_NAME, "image", data, role=PREVIEW_ROLE, **kwargs)
@@ -611,6 +611,21 @@ def _match(template, frames: np.ndarray, px: float | None):
     stats = estimate_statistics(frames, px)
     matched = match_pipeline(template, frames, px, stats=stats, match_shape=True)
     return matched, stats
+
+
+def preview_contrast_limits(data: np.ndarray, real_limits=None) -> tuple[float, float]:
+    """Contrast limits for the preview: the real layer's when the simulation lives in the same grey-value
+    range (then brightness compares directly), else its own (0.5-99.5 percentiles): a bright-field
+    simulation of ~1 photon/px shown with a camera's grey values (hundreds) would be black."""
+    lo, hi = (float(v) for v in np.percentile(data, (0.5, 99.5)))
+    hi = hi if hi > lo else lo + 1.0
+    if real_limits is not None:
+        r_lo, r_hi = (float(v) for v in real_limits)
+        top = float(np.max(data))  # sparse bright spots lie above the 99.5th percentile
+        overlap = min(top, r_hi) - max(lo, r_lo)
+        if r_hi > r_lo and overlap > 0.5 * (top - lo) and overlap > 0.2 * (r_hi - r_lo):
+            return r_lo, r_hi
+    return lo, hi
 
 
 def _set_decimals(widgets: dict) -> None:

@@ -31,7 +31,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from ._dock import scroll_form
+from ._dock import scroll_form, text_row
 from ._layers import notify, start_worker
 from ._session import session_for
 
@@ -160,9 +160,9 @@ class TrainWidget(Container):
         self.form = Container(
             widgets=[
                 self.preset,
-                self.description,
+                text_row(self.description),
                 self.use_simulation,
-                self.simulation_info,
+                text_row(self.simulation_info),
                 self.model_config,
                 self.epochs,
                 self.steps,
@@ -190,7 +190,8 @@ class TrainWidget(Container):
             lay.addWidget(w.native)
         lay.addWidget(self.plot)
         scroll_form(self, self.form, footer=footer)
-        self.status.native.setWordWrap(True)
+        self.status.native.setWordWrap(False)  # one line; clipped rather than widening the dock
+        self.status.native.setMinimumWidth(10)
         self.stop_btn.enabled = False
         self.save_btn.enabled = False
         self.export_btn.enabled = False
