@@ -94,7 +94,7 @@ def test_manifest_widgets_menus_writers_samples():
 
     m = npe2.PluginManifest.from_file(str(files("napari_deeptrack") / "napari.yaml"))
     widgets = {w.display_name for w in m.contributions.widgets}
-    assert widgets == {"Simulate", "Train", "Apply", "Review"}
+    assert widgets == {"Simulate", "Train", "Apply", "Review", "Diffusion (MSD)"}
     menus = m.contributions.menus
     for menu in ("napari/layers/segment", "napari/layers/track", "napari/layers/measure"):
         assert menu in menus
