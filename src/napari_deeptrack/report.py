@@ -50,10 +50,19 @@ def _figure(width_in: float, height_in: float):
 
 
 def _save(fig, path: str | Path) -> Path:
+    """Save ``fig`` atomically (a failed save leaves the old PNG or none, never half of one)."""
+    from .io.atomic import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".").lower() or "png")
     return path
+
+
+def _write_text(path: Path, text: str) -> Path:
+    from .io.atomic import atomic_write_text
+
+    return atomic_write_text(path, text)
 
 
 def jsonable(obj: Any) -> Any:
@@ -300,9 +309,7 @@ def plot_msd(
 def write_metrics_json(path: str | Path, metrics: Mapping[str, Any], **extra: Any) -> Path:
     """Write ``{"metrics": ..., **extra}`` as JSON (NaN -> null)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(jsonable({"metrics": metrics, **extra}), indent=2) + "\n")
-    return path
+    return _write_text(path, json.dumps(jsonable({"metrics": metrics, **extra}), indent=2) + "\n")
 
 
 def _fmt(v: Any) -> str:
@@ -409,7 +416,7 @@ def write_report(
     if config:
         lines += ["## settings", "", "```json", json.dumps(jsonable(config), indent=2), "```", ""]
     report_path = root / "report.md"
-    report_path.write_text("\n".join(lines))
+    _write_text(report_path, "\n".join(lines))
     return {"report": report_path, "metrics": metrics_path, **figs}
 
 
@@ -475,8 +482,7 @@ def write_validation_report(
         lines += ["", "Settings:", "", "```json", settings_text, "```", ""]
         lines += ["## Configuration (task, simulation, model)", "", "```json", config, "```", ""]
         lines += ["## Versions", "", *[f"- {k}: {v}" for k, v in all_versions.items()]]
-        path.write_text("\n".join(lines) + "\n")
-        return path
+        return _write_text(path, "\n".join(lines) + "\n")
     rows = "".join(
         f"<tr><td>{html.escape(name)}</td>"
         + "".join(f"<td>{_fmt(m.get(k, ''))}</td>" for k in keys)
@@ -493,5 +499,4 @@ def write_validation_report(
         f"<h2>Configuration</h2><pre>{html.escape(config)}</pre>",
         "<h2>Versions</h2><ul>" + "".join(f"<li>{k}: {v}</li>" for k, v in all_versions.items()) + "</ul>",
     ]
-    path.write_text("<!doctype html><html><body>" + "".join(body) + "</body></html>\n")
-    return path
+    return _write_text(path, "<!doctype html><html><body>" + "".join(body) + "</body></html>\n")
