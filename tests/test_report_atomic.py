@@ -29,7 +29,9 @@ def test_report_writes_are_complete_and_leave_no_temporaries(tmp_path):
     assert paths["metrics"].read_text().rstrip().endswith("}")
     assert paths["loss curve"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for suffix in (".md", ".html"):
-        page = report.write_validation_report(tmp_path / f"val{suffix}", {"model": {"f1": 0.9}}, history=HISTORY)
+        page = report.write_validation_report(
+            tmp_path / f"val{suffix}", {"model": {"f1": 0.9}}, history=HISTORY
+        )
         assert page.read_text().strip()
     assert _leftovers(tmp_path / "run") == [] and _leftovers(tmp_path) == []
 
