@@ -252,7 +252,7 @@ def holo(work: Path, minutes: float, retrain: bool) -> None:
     import dataclasses
 
     import torch
-    from scipy import optimize
+    from scipy import ndimage, optimize
 
     from napari_deeptrack.analysis.match import calibrate
     from napari_deeptrack.io.images import read_images
@@ -270,7 +270,12 @@ def holo(work: Path, minutes: float, retrain: bool) -> None:
     z0 = float(cal.get("z_um"))
     data = img / float(cal.get("normalisation"))
     h, w = data.shape
-    yy, xx = np.unravel_index(np.argmax(np.abs(data - 1)), data.shape)
+    # centre of the hologram: its centre of point symmetry (correlation with the image rotated by 180 deg)
+    f = ndimage.gaussian_filter(data - 1.0, 1.0)
+    corr = np.fft.ifft2(np.fft.fft2(f) * np.conj(np.fft.fft2(f[::-1, ::-1]))).real
+    sy, sx = np.unravel_index(np.argmax(corr), corr.shape)
+    sy, sx = (sy + h // 2) % h - h // 2, (sx + w // 2) % w - w // 2
+    yy, xx = (h - 1 + sy) / 2.0, (w - 1 + sx) / 2.0
     opt = Holography(NA=1.2, wavelength_um=lam, pixel_size_um=px, refractive_index_medium=nm)
     torch.set_num_threads(1)
 
@@ -287,12 +292,18 @@ def holo(work: Path, minutes: float, retrain: bool) -> None:
         return (model(p) - data).ravel()
 
     t0 = time.perf_counter()
-    fit = optimize.least_squares(resid, [0.8, 1.5, z0, float(yy), float(xx)],
+    # coarse grid over radius and index at the fringe height, then a local least-squares fit
+    grid = [(a, n) for a in np.arange(0.5, 1.55, 0.1) for n in np.arange(1.40, 1.66, 0.05)]
+    cost = [float((resid([a, n, z0, float(yy), float(xx)]) ** 2).sum()) for a, n in grid]
+    a0, n0 = grid[int(np.argmin(cost))]
+    fit = optimize.least_squares(resid, [a0, n0, z0, float(yy), float(xx)],
                                  bounds=([0.2, 1.36, 1.0, 0, 0], [3.0, 2.2, 40.0, h, w]), diff_step=1e-3,
                                  max_nfev=60)  # fmt: skip
     a, n, z = fit.x[:3]
+    lm_cost = float((resid([lm["a_p"], lm["n_p"], lm["z_p"] * px, *fit.x[3:]]) ** 2).mean())
     emit({"case": "catch_hologram", "z_from_fringes_um": z0, "lm_fit_z_um": lm["z_p"] * px,
           "radius_um": float(a), "index": float(n), "z_um": float(z),
+          "mse_our_fit": float(fit.cost * 2 / h / w), "mse_at_catch_lm_values": lm_cost,
           "radius_rel_error_vs_lm_fit": float(a / lm["a_p"] - 1),
           "index_rel_error_vs_lm_fit": float(n / lm["n_p"] - 1),
           "method": "least-squares Lorenz-Mie fit with our simulator, started from the calibration's z",
