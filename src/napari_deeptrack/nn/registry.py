@@ -15,7 +15,20 @@ from typing import Any
 
 import torch
 
-__all__ = ["MODELS", "build_model", "list_models", "model_config", "register_model", "store_config"]
+from ..errors import MemoryBudgetError
+from .memory import ENV_CAP, check_config_sizes, format_bytes, memory_budget
+
+#: hyper-parameters that make a model wide (named in a refusal, most effective first)
+_WIDEST = ("base_channels", "channels", "max_channels", "depth", "dense", "hidden")
+__all__ = [
+    "MODELS",
+    "build_model",
+    "count_parameters",
+    "list_models",
+    "model_config",
+    "register_model",
+    "store_config",
+]
 
 MODELS: dict[str, type[torch.nn.Module]] = {}
 
@@ -40,19 +53,7 @@ def _valid_kwargs(cls: type) -> dict[str, inspect.Parameter]:
     return {k: p for k, p in params.items() if k != "self" and p.kind in kinds}
 
 
-def build_model(config: dict[str, Any]) -> torch.nn.Module:
-    """Build a model from ``{"type": "UNet", "in_channels": 1, ...}``.
-
-    Parameters
-    ----------
-    config : dict
-        ``type`` is one of :func:`list_models`; the other keys are the model's keyword arguments.
-
-    Raises
-    ------
-    ValueError
-        Unknown type or unknown / invalid keyword arguments (the message lists the valid ones).
-    """
+def _class_and_kwargs(config: dict[str, Any]) -> tuple[type[torch.nn.Module], dict[str, Any]]:
     if not isinstance(config, dict) or "type" not in config:
         raise ValueError(
             f"model config must be a dict with a 'type' key (one of {list_models()}), got {config!r}"
@@ -66,6 +67,52 @@ def build_model(config: dict[str, Any]) -> torch.nn.Module:
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise ValueError(f"{name}: unknown parameter(s) {unknown}; valid parameters: {sorted(valid)}")
+    check_config_sizes(config)
+    return cls, kwargs
+
+
+def count_parameters(config: dict[str, Any]) -> int:
+    """Number of parameters of the model ``config`` describes, counted on *meta* tensors (no allocation)."""
+    cls, kwargs = _class_and_kwargs(config)
+    with torch.device("meta"):
+        model = cls(**kwargs)
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def build_model(config: dict[str, Any], *, check_memory: bool = True) -> torch.nn.Module:
+    """Build a model from ``{"type": "UNet", "in_channels": 1, ...}``.
+
+    Before allocating, the parameters are counted on meta tensors (milliseconds) and a model whose
+    float32 weights exceed :func:`~napari_deeptrack.nn.memory.memory_budget` is refused.
+
+    Parameters
+    ----------
+    config : dict
+        ``type`` is one of :func:`list_models`; the other keys are the model's keyword arguments.
+    check_memory : bool
+        Count the parameters first and refuse a model that would not fit (default).
+
+    Raises
+    ------
+    ValueError
+        Unknown type or unknown / invalid keyword arguments (the message lists the valid ones);
+        :class:`~napari_deeptrack.errors.ConfigError` for loop-making sizes (``depth: 100``);
+        :class:`~napari_deeptrack.errors.MemoryBudgetError` when the weights would not fit.
+    """
+    cls, kwargs = _class_and_kwargs(config)
+    if check_memory and torch.empty(0).device.type != "meta":
+        n = count_parameters(config)
+        need, budget = 4 * n, memory_budget()
+        if need > budget:
+            widest = [f"`{k}` ({config[k]})" for k in _WIDEST if k in config]
+            raise MemoryBudgetError(
+                f"{config['type']}: the model's {n:,} parameters would need {format_bytes(need)} "
+                f"(> {format_bytes(budget)} budget): lower {' or '.join(widest) or 'its sizes'} "
+                f"(or raise the budget with {ENV_CAP}=<GB>)",
+                parameter=widest[0].split("`")[1] if widest else None,
+                need_bytes=need,
+                budget_bytes=budget,
+            )
     return cls(**kwargs)
 
 

@@ -25,11 +25,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError, MemoryBudgetError
+from ..nn.memory import (  # noqa: F401 - the budget's home is nn (the bottom layer); re-exported here
+    DEFAULT_CAP_GB,
+    DEFAULT_FRACTION,
+    ENV_CAP,
+    GB,
+    MAX_DEPTH,
+    MAX_LIST,
+    available_memory_bytes,
+    check_config_sizes,
+    format_bytes,
+    memory_budget,
+)
 from .params import support
 
 __all__ = [
@@ -46,70 +57,6 @@ __all__ = [
     "frames_per_chunk",
     "memory_budget",
 ]
-
-GB = 1024**3
-DEFAULT_CAP_GB = 4.0
-DEFAULT_FRACTION = 0.5
-ENV_CAP = "NAPARI_DEEPTRACK_MEMORY_GB"
-#: Model hyper-parameters that make a loop (levels, layers, blocks): larger values are refused outright.
-MAX_DEPTH = 16
-#: Longest list in a model config (e.g. ``channels``).
-MAX_LIST = 1024
-
-
-# ------------------------------------------------------------------------------------------ budget
-def available_memory_bytes() -> int:
-    """RAM available to this process now (bytes): the smaller of free RAM and a cgroup limit."""
-    avail = None
-    try:
-        import psutil
-
-        avail = int(psutil.virtual_memory().available)
-    except Exception:  # noqa: BLE001 - psutil missing or failing: read /proc
-        try:
-            with open("/proc/meminfo") as fh:
-                for line in fh:
-                    if line.startswith("MemAvailable:"):
-                        avail = int(line.split()[1]) * 1024
-                        break
-        except OSError:
-            pass
-    if avail is None:
-        avail = 8 * GB  # unknown platform: assume a small machine
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            with open(path) as fh:
-                raw = fh.read().strip()
-            if raw.isdigit() and int(raw) < 1 << 60:
-                avail = min(avail, int(raw))
-        except OSError:
-            continue
-    return avail
-
-
-def memory_budget(cap_gb: float | None = None, fraction: float = DEFAULT_FRACTION) -> int:
-    """Bytes one simulation / training / apply step may use: ``min(cap, fraction * available)``.
-
-    ``cap_gb`` defaults to ``$NAPARI_DEEPTRACK_MEMORY_GB`` or 4 GB.
-    """
-    if cap_gb is None:
-        env = os.environ.get(ENV_CAP)
-        try:
-            cap_gb = float(env) if env else DEFAULT_CAP_GB
-        except ValueError:
-            cap_gb = DEFAULT_CAP_GB
-        if not cap_gb > 0 or not math.isfinite(cap_gb):
-            cap_gb = DEFAULT_CAP_GB
-    return int(max(min(cap_gb * GB, fraction * available_memory_bytes()), 64 * 1024**2))
-
-
-def format_bytes(n: float) -> str:
-    """``1.5 GB``, ``320 MB``, ``12 kB`` (powers of 1024)."""
-    n = float(n)
-    for unit, size in (("TB", 1024**4), ("GB", GB), ("MB", 1024**2), ("kB", 1024)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
 
 
 @dataclass
@@ -310,35 +257,14 @@ def check_render(pipeline, batch_size: int, budget: int | None = None, what: str
 
 
 # ------------------------------------------------------------------------------------------ models
-def _check_config_sizes(config: dict[str, Any]) -> None:
-    """Refuse loop-making hyper-parameters and lists that no real network has (before building)."""
-    name = config.get("type", "model")
-    for key, value in config.items():
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, int | float) and not math.isfinite(float(value)):
-            raise ConfigError(f"{name}: `{key}` must be finite, got {value}", parameter=key)
-        loopy = key in ("depth", "n_blocks", "n_layers", "num_layers") or key.endswith(("_layers", "_blocks"))
-        if loopy and isinstance(value, int | float) and value > MAX_DEPTH:
-            raise ConfigError(
-                f"{name}: `{key}` = {value:g} is far beyond any useful network (at most {MAX_DEPTH}); "
-                "typical values are 2-6",
-                parameter=key,
-            )
-        if isinstance(value, list | tuple) and len(value) > MAX_LIST:
-            raise ConfigError(
-                f"{name}: `{key}` lists {len(value)} entries (at most {MAX_LIST})", parameter=key
-            )
-
-
 def _meta_model(config: dict[str, Any]):
     import torch
 
     from ..nn.registry import build_model
 
-    _check_config_sizes(config)
+    check_config_sizes(config)
     with torch.device("meta"):
-        return build_model(config)
+        return build_model(config, check_memory=False)
 
 
 def count_parameters(config: dict[str, Any]) -> int:
