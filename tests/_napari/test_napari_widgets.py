@@ -197,6 +197,7 @@ def test_train_runs_in_worker_without_stalling_the_event_loop(make_napari_viewer
     assert w.progress.value == 4
     assert len(w.plot.batch_loss) == 4 and len(w.plot.epoch_val) == 2  # the loss plot updated
     gaps = np.diff(ticks)
+    print(json.dumps({"what": "train_event_loop", "max_gap_ms": round(float(gaps.max()) * 1000, 1)}))
     assert len(gaps) > 5
     assert gaps.max() < 0.1, f"event loop stalled {gaps.max() * 1000:.0f} ms"
     out = w.save_bundle(tmp_path / "tiny.zip")

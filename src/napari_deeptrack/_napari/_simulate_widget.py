@@ -198,6 +198,7 @@ class SimulateWidget(Container):
         for w in self._parameter_widgets():
             w.changed.connect(self._parameters_changed)
         self.compare.changed.connect(self._compare_changed)
+        _warm_imports()  # once, when the widget opens: not in the middle of a click
         self.modality.changed.connect(self._particle_for_modality)
         for ev in ("inserted", "removed", "reordered"):
             getattr(napari_viewer.layers.events, ev).connect(self._refresh_layers)
@@ -602,6 +603,14 @@ def _file_dialog(mode: str, title: str, filt: str) -> str | None:
     else:
         path, _ = QFileDialog.getOpenFileName(None, title, "", filt)
     return path or None
+
+
+def _warm_imports() -> None:
+    """Import what Match and Preview need (scipy, scikit-image, calibrate, the worker machinery)."""
+    from superqt.utils import create_worker  # noqa: F401
+
+    from ..analysis import calibrate  # noqa: F401
+    from ..sim import budget  # noqa: F401
 
 
 def _match(template, frames: np.ndarray, px: float | None):
