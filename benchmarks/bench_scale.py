@@ -115,7 +115,7 @@ def make_bundle(path: Path, network: str) -> Path:
 def case_stream(a) -> dict:
     from napari_deeptrack.analysis.batch import batch_apply
 
-    out = Path(a.work) / f"stream_{a.frames}.parquet"
+    out = Path(a.work) / f"stream_{a.frames[0]}.parquet"
     out.unlink(missing_ok=True)
     t0 = time.perf_counter()
     s = batch_apply(a.bundle, a.stack, out, chunk_frames=CHUNK, link=True, search_range_px=SEARCH_RANGE_PX)
@@ -165,7 +165,7 @@ def case_trackpy(a) -> dict:
 def case_dask(a) -> dict:
     from napari_deeptrack.analysis.batch import batch_apply
 
-    out = Path(a.work) / f"dask_{a.frames}.parquet"
+    out = Path(a.work) / f"dask_{a.frames[0]}.parquet"
     out.unlink(missing_ok=True)
     t0 = time.perf_counter()
     s = batch_apply(a.bundle, a.stack, out, chunk_frames=CHUNK, link=True, search_range_px=SEARCH_RANGE_PX,
@@ -173,7 +173,7 @@ def case_dask(a) -> dict:
     dt = time.perf_counter() - t0
     import pandas as pd
 
-    ref = Path(a.work) / f"stream_{a.frames}.parquet"
+    ref = Path(a.work) / f"stream_{a.frames[0]}.parquet"
     same = None
     if ref.exists():
         same = pd.read_parquet(ref).equals(pd.read_parquet(out))
