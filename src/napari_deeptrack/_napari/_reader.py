@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 __all__ = ["get_reader", "read_points_csv", "read_tiff", "read_trackmate_xml"]
+
+#: npe2's "read, but no layers" value: napari adds nothing and raises nothing
+NO_LAYERS = [(None,)]
+
+
+def _reader_boundary(read):
+    """A claimed file that then fails to read becomes one napari error notification, never a traceback.
+
+    Expected failures (corrupt, truncated or too large images, bad tables) name the file and the
+    problem; anything else is logged as a bug (``errors.report_bug``). napari then gets no layers.
+    """
+
+    @functools.wraps(read)
+    def wrapper(path, *args, **kwargs):
+        try:
+            return read(path, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the reader's error boundary
+            from ._layers import notify, worker_error_message
+
+            first = path[0] if isinstance(path, list) and path else path
+            notify(worker_error_message(f"Cannot open {first}", exc), "error")
+            return NO_LAYERS
+
+    return wrapper
 
 
 def get_reader(path):
@@ -37,6 +62,7 @@ def _is_trackmate(path) -> bool:
         return False
 
 
+@_reader_boundary
 def read_trackmate_xml(path):
     """Read TrackMate XML files into a Tracks layer and a Points layer (for Review), in physical scale."""
     from ..io.trackmate import read_trackmate
@@ -80,6 +106,7 @@ def _is_points_csv(path) -> bool:
     return any(str(c).startswith("axis-") for c in head.columns)
 
 
+@_reader_boundary
 def read_tiff(path):
     """Read TIFF (stack) files into image layers, with scale and units from their pixel-size metadata."""
     from ..io.tiff import read_tiff as _read
@@ -109,6 +136,7 @@ def read_tiff(path):
     return layers
 
 
+@_reader_boundary
 def read_points_csv(path):
     """Read a CSV written by the Points writer (``axis-*`` coordinates + feature columns)."""
     paths = path if isinstance(path, list) else [path]
