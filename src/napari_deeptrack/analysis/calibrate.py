@@ -430,7 +430,8 @@ def coverage_warnings(
     if not lo <= real_stats.noise_sigma <= hi:
         warnings.append(
             f"normalised noise level {real_stats.noise_sigma:.3g} is outside the training range "
-            f"[{lo:.3g}, {hi:.3g}]: the signal-to-noise ratio differs from the simulation"
+            f"[{lo:.3g}, {hi:.3g}]: the signal-to-noise ratio differs from the simulation; re-match noise "
+            "(train with --match on this image / Match to layer)"
         )
     widths = [s.spot_sigma_px for s in sim_stats if s.spot_sigma_px]
     if widths and real_stats.spot_sigma_px:
@@ -443,6 +444,8 @@ def coverage_warnings(
     polarities = {s.polarity for s in sim_stats}
     if real_stats.polarity not in polarities and abs(real_stats.polarity_score) > 0.3:
         warnings.append(
-            f"particles look {real_stats.polarity} but were {'/'.join(sorted(polarities))} in training"
+            f"particles look {real_stats.polarity} but were {'/'.join(sorted(polarities))} in training: "
+            "re-match polarity (train with --match on this image / Match to layer; for dark particles in "
+            "bright field, the brightfield-particles preset)"
         )
     return warnings
