@@ -52,6 +52,7 @@ from ._layers import (
     widget_alive,
     write_layer,
 )
+from ._selfsupervised import StarterSource, check_starter_modality, is_starter_choice, starter_choices
 from ._session import ApplyResult, session_for
 from ._threshold import DetectionCache
 
@@ -67,7 +68,8 @@ class ApplyWidget(Container):
     def __init__(self, napari_viewer):
         self.viewer = napari_viewer
         self.layer = ComboBox(label="image", choices=self._image_choices, nullable=True)
-        self.source = ComboBox(label="model", choices=SOURCES, value=SOURCES[1])
+        # "starter: <preset>": the shipped starter models, usable without training
+        self.source = ComboBox(label="model", choices=SOURCES + starter_choices(), value=SOURCES[1])
         self.bundle_path = FileEdit(label="bundle", mode="r", filter="*.zip *.json")
         self.bundle_info = Label(value="no model loaded")
         self.batch_size = SpinBox(label="frames per batch", value=8, min=1, max=1024)
@@ -138,6 +140,7 @@ class ApplyWidget(Container):
         self.instances = None  # segmentation: one row per instance (label, frame, area, probability...)
         self._raw_labels = None
         self._was_2d = True
+        self.starters = StarterSource(self)
         self.session = session_for(napari_viewer)
         self.session.model_changed.connect(self._session_model_changed)
         if self.session.model is not None:
@@ -213,6 +216,8 @@ class ApplyWidget(Container):
             pass
 
     def current_bundle(self):
+        if is_starter_choice(self.source.value):
+            return self.starters.current()
         if self.source.value == SOURCES[0]:
             bundle = self.session.model
             if bundle is None:
@@ -236,6 +241,7 @@ class ApplyWidget(Container):
             bundle = self.current_bundle()
             frames, was_2d = _apply_frames(layer)
             _check_bundle_fits(bundle, frames)
+            check_starter_modality(bundle, frames)
         except InputError as exc:
             notify(str(exc), "error")
             return None
@@ -301,6 +307,7 @@ class ApplyWidget(Container):
             else:
                 frames, _ = image_frames(layer, what="Apply")
             _check_bundle_fits(bundle, frames)
+            check_starter_modality(bundle, frames)
         except InputError as exc:
             notify(str(exc), "error")
             return None

@@ -53,6 +53,9 @@ class ReviewWidget(Container):
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
         self.report_btn = PushButton(text="Write report...")
         self.model_info = Label(value="")
+        from ._selfsupervised import AnnotateFewPanel
+
+        self.annotate_few = AnnotateFewPanel(self)  # fine-tune + held-back scores + where to annotate next
         self.form = Container(
             widgets=[
                 text_row(self.model_info),
@@ -68,6 +71,7 @@ class ReviewWidget(Container):
                 self.steps,
                 self.finetune_btn,
                 self.progress,
+                self.annotate_few,
                 self.report_btn,
             ]
         )

@@ -157,10 +157,14 @@ class TrainWidget(Container):
         )
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
         self.status = Label(value="idle")
+        from ._selfsupervised import CropsPanel
+
+        self.crops_panel = CropsPanel(napari_viewer)  # self-supervised presets: crops of real objects
         self.form = Container(
             widgets=[
                 self.preset,
                 text_row(self.description),
+                self.crops_panel,
                 self.use_simulation,
                 text_row(self.simulation_info),
                 self.model_config,
@@ -238,6 +242,10 @@ class TrainWidget(Container):
             return
         task = get_preset(self.preset.value)
         self.description.value = f"{task.kind}: {task.description[:160]}"
+        from ._selfsupervised import is_selfsupervised
+
+        self.crops_panel.visible = is_selfsupervised(task)
+        self.use_simulation.visible = not is_selfsupervised(task)
         self.model_config.value = json.dumps(task.model)
         s = {**TRAINING_DEFAULTS, **task.training}
         self.epochs.value, self.steps.value = int(s["epochs"]), int(s["steps_per_epoch"])
@@ -296,8 +304,13 @@ class TrainWidget(Container):
             from ..train.seeding import resolve_device
 
             resolve_device(settings["device"])
-            # the training batch is simulated on the fly: refuse what cannot fit before starting
-            estimate_render(task.pipeline, settings["batch_size"], what="a training batch").check()
+            from ._selfsupervised import is_selfsupervised, selfsupervised_job
+
+            job = None
+            if is_selfsupervised(task):  # learns from crops of the user's image, not from simulation
+                job, settings["crops"] = selfsupervised_job(self.crops_panel, task, settings)
+            else:  # the training batch is simulated on the fly: refuse what cannot fit before starting
+                estimate_render(task.pipeline, settings["batch_size"], what="a training batch").check()
         except (ValueError, RuntimeError, TypeError, MemoryError) as exc:
             notify(f"Cannot train: {exc}", "error")
             return None
@@ -308,7 +321,13 @@ class TrainWidget(Container):
         self.progress.value = 0
         self.status.value = "simulating the validation set..."
         self._stop_flag = StopFlag()
-        worker = start_worker(train_events, task, self._stop_flag, **settings, error="Training failed")
+        if job is not None:
+            from ._selfsupervised import relay_events
+
+            self.status.value = "training from the crops..."
+            worker = start_worker(relay_events, job, self._stop_flag, error="Training failed")
+        else:
+            worker = start_worker(train_events, task, self._stop_flag, **settings, error="Training failed")
         worker.yielded.connect(self._on_event)
         worker.returned.connect(self._on_done)
         worker.finished.connect(self._finished)
@@ -352,6 +371,7 @@ class TrainWidget(Container):
 
     def _on_done(self, result) -> None:
         self.model, self.history = result.model, result.history
+        self.task = getattr(result, "task", None) or self.task  # self-supervised: calibrated (reference mass)
         reason = result.history.get("reason", "completed")
         best = result.history.get("best_val_loss")
         self.status.value = f"{reason}: best validation loss {best:.4g}" if best is not None else reason
