@@ -15,11 +15,17 @@ dask / zarr / NumPy array   :func:`as_lazy_stack` (the Python API)
 Axes: the last two must be Y, X. Leading axes T, Z (stacks of frames), I/Q (TIFF pages) and C
 (channels: pick one with ``channel``) are allowed; size-1 axes are dropped; T and Z together are
 read as T*Z frames. Anything else is refused with a message naming the axes found.
+
+A TIFF keeps the policies of :func:`~napari_deeptrack.io.images.read_images`: a truncated file is
+refused (read it in memory with ``allow_partial``), complex pixels are refused, NaN/Inf pixels are
+replaced by their frame's median when a chunk is read (with a warning naming the frames), a corrupt
+page is one :class:`~napari_deeptrack.errors.ImageReadError`, and tifffile's log is kept off stderr.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -153,14 +159,73 @@ def _open_zarr(path: Path, channel: int | None):
     return as_lazy_stack(arr, axes, channel, str(path)), meta
 
 
+class _QuietFrames:
+    """A tifffile Zarr store read with tifffile's log silenced; a corrupt page is one clear error."""
+
+    def __init__(self, array, path: Path):
+        self._array, self._path = array, path
+        self.shape, self.dtype, self.ndim = tuple(array.shape), array.dtype, len(array.shape)
+
+    def __getitem__(self, key):
+        from ..errors import ImageReadError
+        from .tiff import quiet_tifffile
+
+        try:
+            with quiet_tifffile():
+                return np.asarray(self._array[key])
+        except Exception as exc:  # noqa: BLE001 - tifffile/zlib/struct errors of a corrupt page
+            raise ImageReadError(f"{self._path}: cannot read frames ({type(exc).__name__}: {exc})") from None
+
+
+def _fill_frames(block: np.ndarray, where: str, block_info=None) -> np.ndarray:
+    """The NaN/Inf policy of :func:`~napari_deeptrack.io.images.fill_nonfinite` on whole frames."""
+    from .images import fill_nonfinite
+
+    if block.dtype.kind != "f" or np.isfinite(block).all():
+        return block
+    first = int(block_info[0]["array-location"][0][0]) if block_info else 0
+    block, report = fill_nonfinite(np.array(block, copy=True), "replace")
+    listing = ", ".join(f"frame {first + k}: {v}" for k, v in list(report.items())[:5])
+    warnings.warn(f"{where}: NaN/Inf pixels replaced by their frame's median ({listing})", stacklevel=2)
+    return block
+
+
+def _apply_pixel_policies(stack, where: str):
+    """Complex pixels refused; NaN/Inf replaced frame by frame, as :func:`read_images` does."""
+    from ..errors import ImageReadError
+
+    if np.dtype(stack.dtype).kind == "c":
+        raise ImageReadError(
+            f"{where} holds complex pixels; save the magnitude (np.abs), the phase (np.angle) or the "
+            "real and imaginary parts as separate files"
+        )
+    if np.dtype(stack.dtype).kind not in "biuf":
+        raise ImageReadError(f"{where}: unsupported pixel type {stack.dtype}")
+    if np.dtype(stack.dtype).kind != "f":
+        return stack
+    whole = stack.rechunk({1: -1, 2: -1})  # the policy needs whole frames
+    return whole.map_blocks(_fill_frames, where, dtype=stack.dtype)
+
+
 def _open_tiff(path: Path, channel: int | None):
     import dask.array as da
     import tifffile
     import zarr
 
+    from ..errors import ImageReadError
+    from .tiff import _pixel_size, _truncation, quiet_tifffile
+
     meta: dict[str, Any] = {"pixel_size_um": None, "frame_interval_s": None, "source": str(path)}
     try:
-        with tifffile.TiffFile(path) as tif:
+        with quiet_tifffile(), tifffile.TiffFile(path) as tif:
+            if not tif.pages or not tif.series:
+                raise ImageReadError(f"{path}: the TIFF holds no image")
+            partial = _truncation(tif, path)  # the in-memory reader's policy; never streamed
+            if partial is not None:
+                raise ImageReadError(
+                    f"{path} is truncated: {partial}; re-copy the file, or read it in memory with "
+                    "--allow-partial (without --chunk-frames) to use the frames it holds"
+                )
             series = tif.series[0]
             axes = series.axes.upper().replace("S", "C")
             if axes.endswith("YXC"):  # RGB samples last: move the channel axis before Y, X
@@ -169,16 +234,17 @@ def _open_tiff(path: Path, channel: int | None):
             else:
                 rgb = False
             store = tif.aszarr()
-            from .tiff import _pixel_size
-
             meta["pixel_size_um"] = _pixel_size(tif)
-    except (tifffile.TiffFileError, OSError, IndexError) as exc:
-        raise ValueError(f"{path} is not a readable TIFF: {exc}") from None
-    arr = da.from_zarr(zarr.open(store, mode="r"))
+    except ImageReadError:
+        raise
+    except (tifffile.TiffFileError, OSError, IndexError, ValueError, KeyError, EOFError) as exc:
+        raise ImageReadError(f"{path} is not a readable TIFF: {exc}") from None
+    z = zarr.open(store, mode="r")
+    arr = da.from_array(_QuietFrames(z, path), chunks=z.chunks, asarray=False)
     if rgb:
         arr = da.moveaxis(arr, -1, -3)
     meta["axes"] = axes
-    return as_lazy_stack(arr, axes, channel, str(path)), meta
+    return _apply_pixel_policies(as_lazy_stack(arr, axes, channel, str(path)), str(path)), meta
 
 
 def _open_folder(path: Path, channel: int | None):

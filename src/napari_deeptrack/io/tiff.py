@@ -2,15 +2,46 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
-__all__ = ["read_tiff", "write_tiff"]
+__all__ = ["quiet_tifffile", "read_tiff", "write_tiff"]
+
+_QUIET = threading.local()
+
+
+class _DropWhenQuiet(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_QUIET, "depth", 0)
+
+
+_FILTER = _DropWhenQuiet()
+
+
+@contextlib.contextmanager
+def quiet_tifffile() -> Iterator[None]:
+    """Silence tifffile's log messages (its reports of a corrupt file) in this thread while reading.
+
+    tifffile logs every oddity of a corrupt file to stderr; the package turns what matters into one
+    clear error instead. Thread-safe (a filter with a per-thread switch, not a logger level), so dask
+    workers reading chunks of a lazy stack can use it at once.
+    """
+    logger = logging.getLogger("tifffile")
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
+    _QUIET.depth = getattr(_QUIET, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _QUIET.depth -= 1
 
 
 def _pixel_size_from_tags(page) -> float | None:
@@ -108,11 +139,8 @@ def read_tiff(
         raise FileNotFoundError(f"no such file: {path}")
     if path.is_dir():
         raise ImageReadError(f"{path} is a folder, not a TIFF file")
-    logger = logging.getLogger("tifffile")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)  # tifffile logs what we turn into one clear error below
     try:
-        with tifffile.TiffFile(path) as tif:
+        with quiet_tifffile(), tifffile.TiffFile(path) as tif:  # its log: turned into one error below
             if not tif.pages or not tif.series:
                 raise ImageReadError(f"{path}: the TIFF holds no image")
             need = _declared_bytes(tif.series[0])
@@ -148,8 +176,6 @@ def read_tiff(
         raise MemoryBudgetError(f"{path}: not enough memory to read this TIFF; crop or split it") from None
     except Exception as exc:  # noqa: BLE001 - tifffile/zlib/struct errors of a corrupt file
         raise ImageReadError(f"{path}: cannot read this TIFF ({type(exc).__name__}: {exc})") from None
-    finally:
-        logger.setLevel(level)
     out = {"pixel_size_um": pixel_size, "metadata": meta}
     if partial is not None:
         out["partial"] = partial
