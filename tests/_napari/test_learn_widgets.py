@@ -70,7 +70,7 @@ def test_train_selfsupervised_from_drawn_rectangles(make_napari_viewer, qtbot, m
     assert not w.crops_panel.native.isHidden() and w.use_simulation.native.isHidden()
     w.model_config.value = SMALL_LODESTAR
     w.epochs.value, w.steps.value, w.batch_size.value = 3, 15, 16
-    w.crops_panel.image.value = img
+    assert w.crops_panel.image.value is img  # the only image is picked
 
     # bad input: no rectangles layer, an empty one, outside the image, no object, two objects
     w.crops_panel.shapes.value = None
@@ -227,7 +227,12 @@ def test_review_annotate_few_scores_before_after_and_suggests(make_napari_viewer
     for verts, row in zip(sugg.data, panel.suggestions.itertuples(), strict=True):
         assert np.all(verts[:, 0] == row.frame)
         assert verts[:, 1].min() == row.y0 - 0.5 and verts[:, 2].max() == row.x1 - 0.5
-    # a second run updates the layer, no duplicate
+    # a second run, stopped after its first batch: still scored, the layer updated, not duplicated
+    panel.steps.value = 500
     assert panel.run() is not None
+    qtbot.waitUntil(lambda: panel.progress.value >= 1, timeout=120_000)
+    panel.stop_btn.clicked.emit()
     qtbot.waitUntil(lambda: panel.worker is None, timeout=180_000)
+    assert len(errors(messages)) == n_err, errors(messages)
+    assert panel.result is not res and panel.result["before"] == res["before"]
     assert len([lyr for lyr in viewer.layers if lyr.name.startswith("DeepTrack suggested")]) == 1

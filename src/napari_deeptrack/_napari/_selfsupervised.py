@@ -159,6 +159,7 @@ class CropsPanel(Container):
         self.new_btn = PushButton(text="New rectangles layer")
         super().__init__(widgets=[text_row(self.help), self.image, self.shapes, self.new_btn])
         self.margins = (0, 0, 0, 0)
+        self._refresh()
         self.new_btn.changed.connect(lambda *_: self.new_shapes_layer())
         for ev in ("inserted", "removed", "reordered"):
             getattr(viewer.layers.events, ev).connect(self._refresh)
@@ -179,6 +180,8 @@ class CropsPanel(Container):
         for w in (self.image, self.shapes):
             try:
                 w.reset_choices()
+                if w.value is None and len(w.choices) > 1:  # the newest layer (choices: None first)
+                    w.value = w.choices[-1]
             except RuntimeError:  # widget deleted
                 pass
 
