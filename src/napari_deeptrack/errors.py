@@ -16,6 +16,7 @@ class                       raised for                               also a
 :class:`OutputPathError`    an output path that would lose data      ``ValueError``
 :class:`DeviceError`        an unknown or unavailable ``--device``   ``ValueError``
 :class:`MemoryBudgetError`  work that would exceed the memory budget ``MemoryError``, ``ValueError``
+:class:`TimeBudgetError`    work whose time estimate is absurd       ``ValueError``
 :class:`TrainingDiverged`   non-finite / exploding training loss     ``FloatingPointError``
 ==========================  =======================================  ==============================
 
@@ -44,6 +45,7 @@ __all__ = [
     "InputError",
     "MemoryBudgetError",
     "OutputPathError",
+    "TimeBudgetError",
     "TrainingDiverged",
     "describe_error",
     "log_dir",
@@ -108,6 +110,25 @@ class MemoryBudgetError(DeepTrackError, MemoryError, ValueError):
         super().__init__(message, parameter=parameter)
         self.need_bytes = need_bytes
         self.budget_bytes = budget_bytes
+
+
+class TimeBudgetError(DeepTrackError, ValueError):
+    """Work refused before it runs long because its time estimate exceeds the limit (24 h by default).
+
+    ``seconds`` is the estimate and ``limit_seconds`` the limit; ``--force`` runs it anyway.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        parameter: str | None = None,
+        seconds: float | None = None,
+        limit_seconds: float | None = None,
+    ):
+        super().__init__(message, parameter=parameter)
+        self.seconds = seconds
+        self.limit_seconds = limit_seconds
 
 
 class TrainingDiverged(DeepTrackError, FloatingPointError):

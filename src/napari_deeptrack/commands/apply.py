@@ -13,9 +13,13 @@ import argparse
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+
+#: The clock the time estimate reads (tests replace it).
+_clock = time.perf_counter
 
 __all__ = ["add_parser", "run"]
 
@@ -111,7 +115,29 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="read the complete frames of a truncated TIFF (with a warning) instead of refusing it",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="run even when the time estimate (one frame, timed first) exceeds 24 h "
+        "(NAPARI_DEEPTRACK_MAX_HOURS)",
+    )
     return p
+
+
+def _check_time(args, bundle, images, px) -> None:
+    """Time one frame (a few hundred ms), extrapolate to the stack; print a long estimate, refuse >24 h."""
+    from ..analysis.predict import predict
+    from ..sim.budget import announce_time, extrapolate_time
+
+    n = int(images.shape[0])
+    if n <= 8:  # the run itself is a few samples long
+        return
+    t0 = _clock()
+    predict(bundle, images[:1], threshold=args.threshold, batch_size=1, device=args.device,
+            tile_size=args.tile_size, pixel_size_um=px, keep_maps=False)  # fmt: skip
+    hints = ["the number of frames (crop the stack)", "the image size", "`--device` (a GPU)"]
+    est = extrapolate_time(_clock() - t0, 1, n, "apply", hints)
+    announce_time(est, bool(getattr(args, "force", False)))
 
 
 def _finite(x):
@@ -165,6 +191,7 @@ def run(args) -> int:
             "positions are in pixels of the input, but accuracy may suffer (resample or retrain)",
             file=sys.stderr,
         )
+    _check_time(args, bundle, images, px or trained_px)
     res = predict(
         bundle,
         images,

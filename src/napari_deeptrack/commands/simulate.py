@@ -13,6 +13,8 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,8 @@ __all__ = ["add_parser", "check_simulation", "load_simulation", "run", "simulate
 
 #: Largest configuration file read (bytes); real ones are a few kB.
 MAX_CONFIG_BYTES = 64 * 1024**2
+#: The clock the time estimate reads (tests replace it).
+_clock = time.perf_counter
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -44,6 +48,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=16, help="frames simulated at once (default 16)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="run even when the time estimate (timed on the first batch) exceeds 24 h "
+        "(NAPARI_DEEPTRACK_MAX_HOURS)",
+    )
     return p
 
 
@@ -98,16 +108,35 @@ def _check_structure(pipeline, name: str) -> None:
         raise ConfigError(f"{name}: 'particles' must be a list of Particles objects")
 
 
-def simulate_stack(sim, frames: int, seed: int, batch_size: int = 16, device: str = "cpu"):
-    """Simulate ``frames`` frames: returns images ``[T, C, H, W]`` (numpy) and the truth table."""
+def simulate_stack(
+    sim,
+    frames: int,
+    seed: int,
+    batch_size: int = 16,
+    device: str = "cpu",
+    time_guard: Callable | None = None,
+):
+    """Simulate ``frames`` frames: returns images ``[T, C, H, W]`` (numpy) and the truth table.
+
+    ``time_guard``, if given, receives a :class:`~napari_deeptrack.sim.budget.TimeEstimate` of the
+    whole run, extrapolated from the first batch (a movie: from a 2-frame sample movie), and may raise
+    to stop before the rest is simulated.
+    """
     import torch
 
     from ..io.tables import scene_to_table
+    from ..sim.budget import extrapolate_time
     from ..sim.movie import Movie
 
     check_simulation(sim, frames, batch_size)
+    hints = [f"`--frames` ({frames})", "`image_shape`", "the particle `count`"]
     gen = torch.Generator(device=device).manual_seed(int(seed))
     if isinstance(sim, Movie):
+        if time_guard is not None and frames > 8:  # a short sample movie (its own generator)
+            t0 = _clock()
+            sample = torch.Generator(device=device).manual_seed(int(seed) + 1)
+            dataclasses.replace(sim, n_frames=2)(1, generator=sample)
+            time_guard(extrapolate_time(_clock() - t0, 2, frames, "simulation", hints))
         batch = dataclasses.replace(sim, n_frames=int(frames))(1, generator=gen)
         images = batch.image[0].detach().cpu().numpy()
         truth = scene_to_table(batch.scene)
@@ -116,9 +145,12 @@ def simulate_stack(sim, frames: int, seed: int, batch_size: int = 16, device: st
     done = 0
     while done < frames:  # chunks bound the memory; one generator keeps the stack reproducible
         n = min(int(batch_size), frames - done)
+        t0 = _clock()
         batch = sim(n, generator=gen)
         images.append(batch.image.detach().cpu().numpy())
         tables.append(scene_to_table(batch.scene, frame_offset=done))
+        if done == 0 and time_guard is not None and frames > n:  # the first batch is the sample
+            time_guard(extrapolate_time(_clock() - t0, n, frames, "simulation", hints))
         done += n
     import pandas as pd
 
@@ -165,7 +197,17 @@ def run(args) -> int:
         raise OutputPathError("--truth and --out name the same file", parameter="--truth")
     device = str(resolve_device(args.device))
     sim, px, name = load_simulation(args.source)
-    images, truth = simulate_stack(sim, int(args.frames), int(args.seed), int(args.batch_size), device)
+    from ..sim.budget import announce_time
+
+    force = bool(getattr(args, "force", False))
+    images, truth = simulate_stack(
+        sim,
+        int(args.frames),
+        int(args.seed),
+        int(args.batch_size),
+        device,
+        time_guard=lambda est: announce_time(est, force),
+    )
     data = images[:, 0] if images.shape[1] == 1 else images
     extra = {} if images.shape[1] == 1 else {"axes": "TCYX"}
     write_tiff(out, data.astype(np.float32), pixel_size_um=px, **extra)

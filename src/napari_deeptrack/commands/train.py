@@ -81,6 +81,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="replace a calibration estimate (repeatable), e.g. background=120 or polarity=dark",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="keep training when the time estimate (timed on the first batches) exceeds 24 h "
+        "(NAPARI_DEEPTRACK_MAX_HOURS); --max-minutes bounds the run instead",
+    )
     p.add_argument(  # self-supervised tasks (train/selfsupervised.py)
         "images", nargs="*", metavar="IMAGE", help="self-supervised tasks: image(s) holding the --crop boxes"
     )
@@ -216,7 +222,8 @@ def run(args) -> int:
             deterministic=True if args.deterministic else None,
             init=args.init,
             max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes,
-            callbacks=[] if args.quiet else [ProgressBar()],
+            callbacks=[TimeGuard(force=args.force or args.max_minutes is not None)]
+            + ([] if args.quiet else [ProgressBar()]),
             stop_flag=stop,
         )
     finally:
@@ -235,6 +242,34 @@ def run(args) -> int:
         f"val_loss={h['val_loss'][i]:.4g}{extra}; {h['reason']})"
     )
     return 0
+
+
+class TimeGuard:
+    """Training callback: after the first few batches, print the estimated duration (stderr) and stop
+    a run estimated beyond the time limit (24 h) unless ``force`` (no checkpoint is written by then).
+
+    The sample is the run's own first batches, so it costs nothing; it includes one-off costs (first
+    batch, validation set), so the estimate errs long.
+    """
+
+    def __init__(self, force: bool = False, sample_steps: int = 3, stream=None):
+        self.force, self.sample_steps, self.stream, self.estimate = force, sample_steps, stream, None
+
+    def __call__(self, ev: dict) -> None:
+        if self.estimate is not None or ev.get("type") != "batch":
+            return
+        step, total = int(ev["step"]), int(ev["total_steps"])
+        if step < min(self.sample_steps, int(ev["steps_per_epoch"]), total):
+            return
+        from ..sim.budget import announce_time, extrapolate_time
+
+        hints = [
+            f"`--epochs` ({ev['epochs']})",
+            f"`--steps-per-epoch` ({ev['steps_per_epoch']})",
+            "`--batch-size`, or set --max-minutes",
+        ]
+        self.estimate = extrapolate_time(ev["elapsed_s"], step, total, "training", hints, unit="batch")
+        announce_time(self.estimate, self.force, self.stream)
 
 
 def _main_thread() -> bool:

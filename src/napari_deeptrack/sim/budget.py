@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigError, MemoryBudgetError
+from ..errors import ConfigError, MemoryBudgetError, TimeBudgetError
 from ..nn.memory import (  # noqa: F401 - the budget's home is nn (the bottom layer); re-exported here
     DEFAULT_CAP_GB,
     DEFAULT_FRACTION,
@@ -56,6 +57,11 @@ __all__ = [
     "format_bytes",
     "frames_per_chunk",
     "memory_budget",
+    "TimeEstimate",
+    "announce_time",
+    "extrapolate_time",
+    "format_duration",
+    "max_run_seconds",
 ]
 
 
@@ -396,3 +402,99 @@ def frames_per_chunk(
     act = max(one.detail["activations_per_frame"] * 4 // 2 + math.prod(frame_shape) * 8, 1)
     free = budget - one.detail["parameters"] * 4
     return int(max(1, min(limit, free // act)))
+
+
+# ------------------------------------------------------------------------------------------ time
+#: Longest run accepted without ``--force`` (hours); ``NAPARI_DEEPTRACK_MAX_HOURS`` replaces it.
+MAX_HOURS = 24.0
+ENV_MAX_HOURS = "NAPARI_DEEPTRACK_MAX_HOURS"
+#: Estimates at least this long (seconds) are printed before the run.
+ANNOUNCE_AFTER_S = 30.0
+
+
+def max_run_seconds() -> float:
+    """The time limit (seconds): ``$NAPARI_DEEPTRACK_MAX_HOURS`` or 24 h."""
+    env = os.environ.get(ENV_MAX_HOURS)
+    try:
+        hours = float(env) if env else MAX_HOURS
+    except ValueError:
+        hours = MAX_HOURS
+    if not (hours > 0 and math.isfinite(hours)):
+        hours = MAX_HOURS
+    return hours * 3600.0
+
+
+def format_duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``3.5 h``, ``12 days``."""
+    s = float(seconds)
+    if not math.isfinite(s):
+        return "forever"
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.0f} min"
+    if s < 3 * 86400:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.0f} days"
+
+
+@dataclass
+class TimeEstimate:
+    """How long ``what`` will take: ``seconds``, extrapolated from a timed sample (``basis``).
+
+    ``parameters`` are short hints (``"`--frames` (100000)"``) naming what would shorten it.
+    """
+
+    seconds: float
+    what: str
+    parameters: list[str] = field(default_factory=list)
+    basis: str = ""
+
+    def message(self) -> str:
+        """``"simulation: about 3.5 h (0.12 s per frame x 100000 frames)"``."""
+        basis = f" ({self.basis})" if self.basis else ""
+        return f"{self.what}: about {format_duration(self.seconds)}{basis}"
+
+    def check(self, force: bool = False, limit_seconds: float | None = None) -> TimeEstimate:
+        """Raise :class:`~napari_deeptrack.errors.TimeBudgetError` over the limit unless ``force``."""
+        limit = max_run_seconds() if limit_seconds is None else float(limit_seconds)
+        if force or self.seconds <= limit:
+            return self
+        hints = " or ".join(self.parameters) or "the amount of work"
+        raise TimeBudgetError(
+            f"{self.message()}, more than the {format_duration(limit)} limit: lower {hints}, or pass "
+            f"--force to run it anyway (or set {ENV_MAX_HOURS}=<hours>)",
+            parameter=self.parameters[0].split("`")[1] if "`" in "".join(self.parameters[:1]) else None,
+            seconds=self.seconds,
+            limit_seconds=limit,
+        )
+
+
+def extrapolate_time(
+    sample_seconds: float,
+    sample_units: float,
+    total_units: float,
+    what: str,
+    parameters: list[str] | None = None,
+    unit: str = "frame",
+) -> TimeEstimate:
+    """Linear extrapolation of a timed sample: ``sample_seconds / sample_units * total_units``.
+
+    The sample usually includes one-off costs (first call, caches), so the estimate errs long.
+    """
+    per = float(sample_seconds) / max(float(sample_units), 1e-12)
+    total = per * float(total_units)
+    count = f"{int(total_units):,}" if float(total_units).is_integer() else f"{total_units:g}"
+    units = unit + ("es" if unit.endswith(("s", "ch", "sh", "x")) else "s")
+    basis = f"{format_duration(per) if per >= 90 else f'{per:.3g} s'} per {unit} x {count} {units}"
+    return TimeEstimate(total, what, list(parameters or []), basis)
+
+
+def announce_time(estimate: TimeEstimate, force: bool = False, stream=None) -> TimeEstimate:
+    """Print a long estimate to ``stream`` (stderr), then :meth:`TimeEstimate.check` it."""
+    import sys
+
+    if estimate.seconds >= ANNOUNCE_AFTER_S:
+        note = " (--force: running anyway)" if force and estimate.seconds > max_run_seconds() else ""
+        print(f"estimated time: {estimate.message()}{note}", file=stream or sys.stderr)
+    return estimate.check(force)
