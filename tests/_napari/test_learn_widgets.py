@@ -177,6 +177,8 @@ def test_apply_starter_model_without_training(make_napari_viewer, qtbot, message
 
 # ---------------------------------------------------------------------------- 3. annotate a few
 def test_review_annotate_few_scores_before_after_and_suggests(make_napari_viewer, qtbot, messages):
+    from qtpy.QtCore import QTimer
+
     viewer = make_napari_viewer()
     frames, truth = movie(n=4)
     img = viewer.add_image(frames, name="movie", scale=(1.0, 0.2, 0.2))
@@ -207,9 +209,19 @@ def test_review_annotate_few_scores_before_after_and_suggests(make_napari_viewer
     corrected.data = truth[["frame", "y", "x"]].to_numpy()
     panel.steps.value, panel.n_suggest.value, panel.tile_px.value = 6, 3, 32
     n_err = len(errors(messages))
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
     assert panel.run() is not None
     qtbot.waitUntil(lambda: panel.worker is None, timeout=180_000)
+    timer.stop()
     assert len(errors(messages)) == n_err, errors(messages)
+    before_show = np.asarray([t for t in ticks if t < panel.shown_at])
+    assert len(before_show) > 20 and max(np.diff(before_show)) < 0.2, "the event loop stalled"
+    # showing the results (scores, the suggestions layer, the session model): one napari layer's cost
+    assert panel.show_s < 0.6, f"showing the results took {panel.show_s:.2f} s on the main thread"
     res = panel.result
     assert set(res["heldout_frames"]).isdisjoint(res["train_frames"])
     assert res["n_heldout_objects"] == 5 * len(res["heldout_frames"])

@@ -21,6 +21,7 @@ import functools
 import queue
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -381,7 +382,25 @@ def annotate_job(bundle, frames, table, steps: int, n_suggest: int, tile_px: int
     tuned.path = None  # lives in this viewer only (Train > Save bundle / Export keep it)
     tuned.config = {**(tuned.config or {}), "finetune": {k: v for k, v in result.items() if k != "bundle"}}
     sugg = suggest_regions(tuned, frames, n=n_suggest, tile_px=tile_px)
+    if len(sugg):
+        _warm_up_shapes()
     return result, tuned, sugg
+
+
+_SHAPES_WARM = False
+
+
+def _warm_up_shapes() -> None:
+    """Build one throw-away Shapes model (no viewer, no Qt) in the worker: napari's first rectangle
+    loads its numba-compiled mesh functions (~1-3 s), which would otherwise freeze the event loop
+    when the suggestions layer is added on the main thread."""
+    global _SHAPES_WARM
+    if _SHAPES_WARM:
+        return
+    from napari.layers import Shapes
+
+    Shapes([np.array([[0.0, 0.0], [0.0, 4.0], [4.0, 4.0], [4.0, 0.0]])], shape_type="rectangle")
+    _SHAPES_WARM = True
 
 
 def _fmt(m: dict) -> str:
@@ -420,6 +439,7 @@ class AnnotateFewPanel(Container):
         self.worker = None
         self.result = None
         self.suggestions = None
+        self.shown_at = self.show_s = None
         self._stop_flag = None
         self.run_btn.changed.connect(lambda *_: self.run())
         self.stop_btn.changed.connect(lambda *_: self.stop())
@@ -498,6 +518,8 @@ class AnnotateFewPanel(Container):
             self.progress.value = min(int(ev["step"]), self.progress.max)
 
     def _done(self, out) -> None:
+        t0 = time.perf_counter()
+        self.shown_at = t0
         result, tuned, sugg = out
         self.result, self.suggestions = result, sugg
         b, a, at = result["before"], result["after"], result["after_tuned"]
@@ -517,6 +539,7 @@ class AnnotateFewPanel(Container):
         self.review.finetuned = tuned
         self.review.metrics.update({"before fine-tuning (held back)": b, "after fine-tuning (held back)": at})
         self.review.session.set_model(tuned, origin="fine-tuned")
+        self.show_s = time.perf_counter() - t0  # main-thread time to show the results
         notify(
             f"Annotate a few: held-back F1 {b['f1']:.3f} -> {at['f1']:.3f}. Apply now uses the "
             "fine-tuned model."
