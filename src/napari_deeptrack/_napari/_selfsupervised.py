@@ -203,6 +203,8 @@ class CropsPanel(Container):
             )
         )
         layer.mode = "add_rectangle"
+        # napari compiles its rectangle mesh code on the first rectangle drawn (1-3 s): do it now, aside
+        threading.Thread(target=_warm_up_shapes, name="napari-deeptrack-warm", daemon=True).start()
         self.shapes.reset_choices()
         self.shapes.value = layer
         return layer
