@@ -84,3 +84,22 @@ def test_viewer_open_of_a_failing_file_adds_nothing_and_raises_nothing(make_napa
     good = tmp_path / "good.tif"
     tifffile.imwrite(good, np.ones((8, 8), np.uint16))
     assert len(viewer.open(str(good), plugin="napari-deeptrack")) == 1
+
+
+def test_header_check_keeps_tifffile_quiet(tmp_path, caplog):
+    import logging
+    import struct
+
+    path = tmp_path / "tag.tif"
+    tifffile.imwrite(
+        path, np.ones((2, 8, 8), np.float32), photometric="minisblack",
+        extratags=[(65000, "s", 0, "a private tag, long enough", True)],
+    )  # fmt: skip
+    with tifffile.TiffFile(path) as tif:
+        at = tif.pages[0].tags[65000].offset
+    raw = bytearray(path.read_bytes())
+    raw[at + 2 : at + 4] = struct.pack("<H", 99)  # an invalid tag type: tifffile logs an error
+    path.write_bytes(bytes(raw))
+    caplog.set_level(logging.WARNING, logger="tifffile")
+    assert _reader.get_reader(str(path)) is not None  # still a readable TIFF
+    assert not [r for r in caplog.records if r.name.startswith("tifffile")]

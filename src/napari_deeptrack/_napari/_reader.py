@@ -86,7 +86,9 @@ def _is_tiff(path) -> bool:
     try:
         import tifffile
 
-        with tifffile.TiffFile(path) as tif:
+        from ..io.tiff import quiet_tifffile
+
+        with quiet_tifffile(), tifffile.TiffFile(path) as tif:  # no log noise for a file we decline
             return len(tif.pages) > 0
     except Exception:  # noqa: BLE001 - any failure: not ours to read
         return False
