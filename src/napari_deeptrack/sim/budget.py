@@ -219,6 +219,40 @@ def _coherent_peak(optics, pipeline, batch: int) -> tuple[int, dict]:
     return grid + frames + worst, info
 
 
+#: Memory the first render of a process touches besides its tensors (FFT plans, BLAS buffers, the code
+#: pages of torch's kernels): measured 15-35 MB on tiny scenes (docs/reliability.md), rounded up.
+RUNTIME_BYTES = 64 * 2**20
+
+
+def _optics_peak(optics, pipeline, b: int, frame: int, ch: int) -> tuple[int, dict]:
+    """Working set of ``optics.render`` for the pipeline's scene (bytes) and its numbers."""
+    if hasattr(optics, "_psf_patches") and hasattr(optics, "patch_size"):
+        return _fluorescence_peak(optics, pipeline, b)
+    if hasattr(optics, "_field") and hasattr(optics, "_oversample"):
+        return _coherent_peak(optics, pipeline, b)
+    return frame * ch * 8, {}  # other renderers (digits, generator optics): a few frames
+
+
+def _target_bytes(pipeline, b: int, frame: int) -> int:
+    """Targets and their warped copies, plus the largest working set of a target that renders itself.
+
+    ``frame`` is one float32 channel of the batch. A target with ``n_bins`` (a z-binned volume) has that
+    many channels; one with its own ``optics`` (``CleanImage``) renders the scene again after the image.
+    """
+    total, extra = 0, 0
+    for t in (getattr(pipeline, "targets", {}) or {}).values():
+        ch = int(getattr(t, "n_bins", 0) or 0) or 1
+        optics = getattr(t, "optics", None)
+        if optics is not None:
+            ch = max(ch, int(getattr(optics, "n_channels", 1) or 1))
+            try:
+                extra = max(extra, _optics_peak(optics, pipeline, b, frame, ch)[0])
+            except Exception:  # noqa: BLE001 - an optics we cannot size: a few frames
+                extra = max(extra, frame * ch * 8)
+        total += frame * ch * 4
+    return max(total, frame * 4) + extra
+
+
 def estimate_render(pipeline, batch_size: int, what: str = "simulation") -> Estimate:
     """Peak memory of ``pipeline(batch_size)``: frames, targets, transforms and the optics' work.
 
@@ -233,20 +267,13 @@ def estimate_render(pipeline, batch_size: int, what: str = "simulation") -> Esti
     h, w = (int(v) for v in pipeline.image_shape)
     optics = pipeline.optics
     ch = int(getattr(optics, "n_channels", 1) or 1)
-    n_targets = max(len(getattr(pipeline, "targets", {}) or {}), 1)
     frame = b * h * w * 4
-    # image + noise / augmentation copies; targets (a few channels each) and their warped copies
-    base = frame * ch * 6 + frame * n_targets * 4
+    # image + noise / augmentation copies; targets (channels each, their warped copies, own renders);
+    # the runtime's first-use overhead
+    base = frame * ch * 6 + _target_bytes(pipeline, b, frame) + RUNTIME_BYTES
     detail: dict[str, Any] = {"batch_size": b, "image_shape": [h, w]}
-    optics_bytes = 0
-    if hasattr(optics, "_psf_patches") and hasattr(optics, "patch_size"):
-        optics_bytes, info = _fluorescence_peak(optics, pipeline, b)
-        detail.update(info)
-    elif hasattr(optics, "_field") and hasattr(optics, "_oversample"):
-        optics_bytes, info = _coherent_peak(optics, pipeline, b)
-        detail.update(info)
-    else:
-        optics_bytes = frame * ch * 8  # other renderers (digits, generator optics): a few frames
+    optics_bytes, info = _optics_peak(optics, pipeline, b, frame, ch)
+    detail.update(info)
     hints = [h_ for h_ in (_count_hint(pipeline),) if h_]
     if "patch_px" in detail:
         hints.append(
