@@ -52,7 +52,6 @@ __all__ = [
 ]
 
 FAMILIES = ("point-emitters", "brightfield", "cells", "hologram")
-_EXTENDED = ("CellBody", "Ellipse", "Ellipsoid")
 
 
 @dataclass
@@ -176,15 +175,13 @@ class Calibration:
 # ---------------------------------------------------------------------------- family
 def preset_family(pipeline) -> str:
     """``point-emitters``, ``brightfield``, ``cells`` or ``hologram`` for a simulation pipeline."""
+    from ..sim import CellBody, Ellipse, GeneratorOptics, Holography
+
     optics = pipeline.optics
-    coherent = getattr(optics, "is_coherent", None)
-    names = {c.__name__ for c in type(optics).__mro__}
-    if coherent is None:
-        coherent = bool(names & {"Brightfield", "Holography"})
-    if coherent:
-        return "hologram" if "Holography" in names else "brightfield"
-    scat = {type(p.scatterer).__name__ for p in pipeline.particles}
-    return "cells" if scat & set(_EXTENDED) or "GeneratorOptics" in names else "point-emitters"
+    if bool(getattr(optics, "is_coherent", False)):
+        return "hologram" if isinstance(optics, Holography) else "brightfield"
+    extended = any(isinstance(p.scatterer, CellBody | Ellipse) for p in pipeline.particles)
+    return "cells" if extended or isinstance(optics, GeneratorOptics) else "point-emitters"
 
 
 # ---------------------------------------------------------------------------- shared measurements
@@ -343,7 +340,7 @@ def apply_calibration(pipeline, calibration: Calibration, *, match_shape: bool =
     range, illumination photons and particle count (bright field); object radius distribution, count,
     photons, texture and background gradient (cells).
     """
-    from ..sim import Camera
+    from ..sim import Background, Camera, Poisson, ReadNoise
 
     cal = calibration
     new = copy.deepcopy(pipeline)
@@ -354,25 +351,25 @@ def apply_calibration(pipeline, calibration: Calibration, *, match_shape: bool =
     family = cal.family
     k = float(cal.get("photons_per_grey", 1.0))
     bg = float(cal.get("background", 0.0))
-    names = [type(t).__name__ for t in new.transforms]
-    if family in ("point-emitters", "cells") and "Camera" not in names and "Poisson" in names and \
+    transforms = list(new.transforms)
+    i_poisson = next((i for i, t in enumerate(transforms) if isinstance(t, Poisson)), None)
+    if family in ("point-emitters", "cells") and not _has(transforms, Camera) and i_poisson is not None and \
             not 0.8 <= k <= 1.25:
-        new.transforms = list(new.transforms)
-        new.transforms.insert(names.index("Poisson") + 1, Camera(gain=1.0 / k, offset=0.0))
-    has_gain = "Camera" in [type(t).__name__ for t in new.transforms]
+        transforms.insert(i_poisson + 1, Camera(gain=1.0 / k, offset=0.0))
+        new.transforms = transforms
+    has_gain = _has(new.transforms, Camera)
     k = k if has_gain else 1.0
     out = []
     for tr in new.transforms:
-        name = type(tr).__name__
-        if name == "Background":
+        if isinstance(tr, Background):
             tr = _replace(tr, level=float(max(bg, 0.0) * k))
             names_est = [e.name for e in cal.estimates]
             if "background_gradient" in names_est and cal["background_gradient"].applied:
                 g = float(np.clip(cal.get("background_gradient"), 0.0, 0.9))
                 tr = _replace(tr, gradient=_uniform(0.0, min(2 * g, 0.9)) if g > 0 else 0.0)
-        elif name == "Camera":
+        elif isinstance(tr, Camera):
             tr = _replace(tr, gain=float(1.0 / k), offset=0.0)
-        elif name == "ReadNoise":
+        elif isinstance(tr, ReadNoise):
             noise = float(cal.get("noise_sigma", 0.0))
             excess = 0.0 if has_gain else max(noise**2 - max(bg, 0.0), 0.0) ** 0.5
             tr = _replace(tr, sigma=float(excess))
@@ -406,3 +403,7 @@ def _area_ratio(new, cal) -> float:
     h, w = cal.image_shape
     return (new.image_shape[0] * new.image_shape[1]) / float(max(h * w, 1))
 
+
+def _has(transforms, cls: type) -> bool:
+    """Whether a pipeline's transforms include one of class ``cls`` (or a subclass)."""
+    return any(isinstance(t, cls) for t in transforms)

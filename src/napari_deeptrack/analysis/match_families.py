@@ -23,6 +23,7 @@ from .match import (
     _area_ratio,
     _count,
     _gradient,
+    _has,
     _noise_estimates,
     _polarity,
     _se_median,
@@ -267,7 +268,7 @@ def _hologram(pipeline, frames, stats, seed):
 
 
 def _apply_points(new, cal, k):
-    from ..sim import InvertContrast
+    from ..sim import Background, InvertContrast
 
     optics = new.optics
     sigma = cal.get("spot_sigma_px")
@@ -277,12 +278,12 @@ def _apply_points(new, cal, k):
         # a PSF several pixels wide needs large patches: the floor keeps the renderer's memory bounded
         new.optics = _replace(optics, NA=float(np.clip(na, 0.2, 0.98 * n_med)))
     dark = cal.get("polarity") == "dark"
-    names = [type(t).__name__ for t in new.transforms]
-    if dark and "InvertContrast" not in names:
-        i = names.index("Background") if "Background" in names else 0
-        new.transforms = [*new.transforms[:i], InvertContrast(), *new.transforms[i:]]
-    elif not dark and "InvertContrast" in names:
-        new.transforms = [t for t in new.transforms if type(t).__name__ != "InvertContrast"]
+    transforms = list(new.transforms)
+    if dark and not _has(transforms, InvertContrast):
+        i = next((j for j, t in enumerate(transforms) if isinstance(t, Background)), 0)
+        new.transforms = [*transforms[:i], InvertContrast(), *transforms[i:]]
+    elif not dark and _has(transforms, InvertContrast):
+        new.transforms = [t for t in transforms if not isinstance(t, InvertContrast)]
     per_pop = cal.get("spots_per_frame", 0.0) * _area_ratio(new, cal) / max(len(new.particles), 1)
     integral = cal.get("spot_integral")
     pops = []
@@ -301,23 +302,21 @@ def _apply_points(new, cal, k):
 
 
 def _apply_brightfield(new, cal, k):
-    from ..sim import Camera, LogUniform
+    from ..sim import Camera, IlluminationPhotons, LogUniform, Poisson
 
     na = cal.get("NA")
     if na and "NA" in _fields(new.optics):
         new.optics = _replace(new.optics, NA=float(na))
-    names = [type(t).__name__ for t in new.transforms]
     # illumination: background grey = gain x photons; with the camera gain 1/k, photons = background x k
     photons = max(float(cal.get("background")) * float(cal.get("photons_per_grey", 1.0)), 1.0)
     out = []
     for tr in new.transforms:
-        name = type(tr).__name__
-        if name == "IlluminationPhotons":
+        if isinstance(tr, IlluminationPhotons):
             tr = _replace(tr, photons_per_px=LogUniform(0.7 * photons, 1.4 * photons))
         out.append(tr)
-    if "Camera" not in names and "Poisson" in names:
-        out.insert(names.index("Poisson") + 1, Camera(gain=1.0 / float(cal.get("photons_per_grey", 1.0)),
-                                                      offset=0.0))
+    i_poisson = next((i for i, t in enumerate(out) if isinstance(t, Poisson)), None)
+    if not _has(out, Camera) and i_poisson is not None:
+        out.insert(i_poisson + 1, Camera(gain=1.0 / float(cal.get("photons_per_grey", 1.0)), offset=0.0))
     new.transforms = out
     # the first population is the one measured (and tracked); others (out-of-focus distractors) stay
     pop = new.particles[0]
