@@ -39,6 +39,16 @@ CASES = {
     "fluorescence point x100, 256x256, NA 1.3, z +-2 um, batch 2": dict(
         optics="Fluorescence", scatterer="PointParticle", count=100, shape=(256, 256), NA=1.3, batch=2, z=2.0
     ),
+    # a training-style pipeline: a mask target, geometric augmentations (warped copies), shot noise
+    "fluorescence point x50, 256x256, NA 0.8, mask + flips + affine + Poisson, batch 16": dict(
+        optics="Fluorescence",
+        scatterer="PointParticle",
+        count=50,
+        shape=(256, 256),
+        NA=0.8,
+        batch=16,
+        augment=True,
+    ),
 }
 
 
@@ -60,7 +70,12 @@ def build(case: dict):
         scatterer = sim.PointParticle()
     z = float(case.get("z", 0.0))
     particles = sim.Particles(scatterer, count=case["count"], z_um=sim.Uniform(-z, z) if z else 0.0)
-    return sim.Pipeline(image_shape=tuple(case["shape"]), particles=[particles], optics=optics)
+    pipeline = sim.Pipeline(image_shape=tuple(case["shape"]), particles=[particles], optics=optics)
+    if case.get("augment"):
+        pipeline = pipeline.with_(
+            targets={"mask": sim.DiskMask()}, transforms=[sim.FlipRotate(), sim.Affine(), sim.Poisson()]
+        )
+    return pipeline
 
 
 def _status(key: str) -> int:
@@ -132,11 +147,14 @@ def test_targets_that_render_or_have_many_channels_count():
 
     case = CASES["brightfield Mie x200, 256x256, NA 0.5, batch 2"]
     plain = build(case)
-    clean = plain.with_(targets={"clean": sim.CleanImage(plain.optics, plain.scatterers)})
+    sharp = sim.Brightfield(NA=0.9, wavelength_um=0.6, pixel_size_um=0.1)  # a larger render than the image's
+    clean = plain.with_(targets={"clean": sim.CleanImage(sharp, plain.scatterers)})
     volume = plain.with_(targets={"volume": sim.ZBinnedVolume(n_bins=64)})
     e0 = estimate_render(plain, 2).bytes
-    optics = estimate_render(plain, 2).detail["optics_bytes"]
-    assert estimate_render(clean, 2).bytes >= e0 + optics
+    sharp_render = estimate_render(plain.with_(optics=sharp), 2).detail["optics_bytes"]
+    assert sharp_render > estimate_render(plain, 2).detail["optics_bytes"]
+    # the target renders after the image, in the memory the image's render freed: the larger one counts
+    assert estimate_render(clean, 2).detail["optics_bytes"] == sharp_render
     assert estimate_render(volume, 2).bytes >= e0 + 63 * 2 * 256 * 256 * 4
 
 

@@ -233,12 +233,18 @@ def _optics_peak(optics, pipeline, b: int, frame: int, ch: int) -> tuple[int, di
     return frame * ch * 8, {}  # other renderers (digits, generator optics): a few frames
 
 
-def _target_bytes(pipeline, b: int, frame: int) -> int:
-    """Targets and their warped copies, plus the largest working set of a target that renders itself.
+def _target_bytes(pipeline, b: int, frame: int) -> tuple[int, int]:
+    """Targets' frames (and warped copies), and the largest working set of a target that renders itself.
 
     ``frame`` is one float32 channel of the batch. A target with ``n_bins`` (a z-binned volume) has that
-    many channels; one with its own ``optics`` (``CleanImage``) renders the scene again after the image.
+    many channels; one with its own ``optics`` (``CleanImage``) renders the scene again after the image,
+    reusing the memory the image's render freed (measured: the peak is the larger render's, not the sum).
     """
+    # a target and the splat that builds it; geometric augmentations (sim.augment) warp a copy of each
+    warps = any(type(t).__module__.endswith(".augment") for t in getattr(pipeline, "transforms", []) or [])
+    copies = 4 if warps else 2
+    # the sampling grid [B, H, W, 2] of a warp and its temporaries (without them: 1.05x measured)
+    grid = frame * 4 if warps else 0
     total, extra = 0, 0
     for t in (getattr(pipeline, "targets", {}) or {}).values():
         ch = int(getattr(t, "n_bins", 0) or 0) or 1
@@ -249,8 +255,8 @@ def _target_bytes(pipeline, b: int, frame: int) -> int:
                 extra = max(extra, _optics_peak(optics, pipeline, b, frame, ch)[0])
             except Exception:  # noqa: BLE001 - an optics we cannot size: a few frames
                 extra = max(extra, frame * ch * 8)
-        total += frame * ch * 4
-    return max(total, frame * 4) + extra
+        total += frame * ch * copies
+    return max(total, frame * copies) + grid, extra  # at least one target-sized map
 
 
 def estimate_render(pipeline, batch_size: int, what: str = "simulation") -> Estimate:
@@ -270,9 +276,11 @@ def estimate_render(pipeline, batch_size: int, what: str = "simulation") -> Esti
     frame = b * h * w * 4
     # image + noise / augmentation copies; targets (channels each, their warped copies, own renders);
     # the runtime's first-use overhead
-    base = frame * ch * 6 + _target_bytes(pipeline, b, frame) + RUNTIME_BYTES
+    targets, target_render = _target_bytes(pipeline, b, frame)
+    base = frame * ch * 6 + targets + RUNTIME_BYTES
     detail: dict[str, Any] = {"batch_size": b, "image_shape": [h, w]}
     optics_bytes, info = _optics_peak(optics, pipeline, b, frame, ch)
+    optics_bytes = max(optics_bytes, target_render)
     detail.update(info)
     hints = [h_ for h_ in (_count_hint(pipeline),) if h_]
     if "patch_px" in detail:
