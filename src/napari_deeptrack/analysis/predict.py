@@ -531,12 +531,21 @@ class _Frames:
 
     def read(self, start: int, stop: int) -> torch.Tensor:
         if self.ndim == 2:
-            a = np.asarray(self.images)[None, None]
+            a = _materialise(self.images)[None, None]
         elif self.ndim == 3:
-            a = np.asarray(self.images[start:stop])[:, None]
+            a = _materialise(self.images[start:stop])[:, None]
         else:
-            a = np.asarray(self.images[start:stop])
+            a = _materialise(self.images[start:stop])
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
+def _materialise(block) -> np.ndarray:
+    """A block of frames as NumPy; a dask block is computed in this thread (synchronous scheduler), so
+    reading works inside a Dask distributed worker too, where a nested cluster compute would fail."""
+    compute = getattr(block, "compute", None)
+    if callable(compute) and hasattr(block, "dask"):
+        return np.asarray(compute(scheduler="synchronous"))
+    return np.asarray(block)
 
 
 def check_images_fit(task, model_config: dict, frame_shape, channels: int = 1) -> None:
