@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from ._session import unwrap_viewer
 
@@ -263,3 +264,24 @@ def _update(layer, layer_type: str, data, kwargs: dict) -> None:
             pass
     if layer_type == "image" and "contrast_limits" in kwargs:
         layer.contrast_limits = kwargs["contrast_limits"]
+
+
+def points_table(layer, only_shown: bool = False) -> pd.DataFrame:
+    """Points layer -> table ``frame, y, x`` (+ z_um, probability when present), in data pixels."""
+    data = np.asarray(layer.data, dtype=float)
+    if only_shown and len(getattr(layer, "shown", [])) == len(data):
+        mask = np.asarray(layer.shown, dtype=bool)
+    else:
+        mask = np.ones(len(data), bool)
+    data = data[mask]
+    cols = {"y": data[:, -2], "x": data[:, -1]} if len(data) else {"y": [], "x": []}
+    table = pd.DataFrame(cols)
+    table["frame"] = (
+        data[:, 0].round().astype(int) if data.ndim == 2 and data.shape[1] >= 3 and len(data) else 0
+    )
+    feats = layer.features
+    if len(feats) == len(mask):
+        for c in ("probability", "z_um"):
+            if c in feats:
+                table[c] = feats[c].to_numpy()[mask]
+    return table

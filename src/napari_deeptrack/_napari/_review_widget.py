@@ -18,11 +18,18 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
 
 from ._dock import scroll_form, text_row
-from ._layers import InputError, image_frames, image_layers, is_plugin_layer, notify, start_worker
+from ._layers import (
+    InputError,
+    image_frames,
+    image_layers,
+    is_plugin_layer,
+    notify,
+    points_table,
+    start_worker,
+)
 from ._session import session_for, unwrap_viewer
 
 __all__ = ["ReviewWidget"]
@@ -231,8 +238,8 @@ class ReviewWidget(Container):
     def _points_metrics(self, pred, ref, frames) -> dict:
         from ..analysis.metrics import detection_metrics
 
-        truth = _points_table(ref)
-        model = _points_table(pred, only_shown=True)
+        truth = points_table(ref)
+        model = points_table(pred, only_shown=True)
         keep = np.unique(truth["frame"]) if len(truth) else np.zeros(0, int)
         if len(keep) == 0:
             raise InputError(f"The corrected layer '{ref.name}' has no points.")
@@ -309,7 +316,7 @@ class ReviewWidget(Container):
             if isinstance(ref, Points):
                 if task.kind not in POINT_KINDS:
                     raise InputError(f"A '{task.kind}' model cannot be fine-tuned on points.")
-                table = _points_table(ref)
+                table = points_table(ref)
                 keep = np.unique(table["frame"]).astype(int)
                 points = points_per_frame(table, keep)
                 targets = targets_from_points(task, points, frames.shape[-2:]).detach().cpu().numpy()
@@ -426,24 +433,3 @@ def _mean_metrics(rows: list[dict]) -> dict:
     out = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     out["n_frames"] = len(rows)
     return out
-
-
-def _points_table(layer, only_shown: bool = False) -> pd.DataFrame:
-    """Points layer -> table ``frame, y, x`` (+ z_um, probability when present), in data pixels."""
-    data = np.asarray(layer.data, dtype=float)
-    if only_shown and len(getattr(layer, "shown", [])) == len(data):
-        mask = np.asarray(layer.shown, dtype=bool)
-    else:
-        mask = np.ones(len(data), bool)
-    data = data[mask]
-    cols = {"y": data[:, -2], "x": data[:, -1]} if len(data) else {"y": [], "x": []}
-    table = pd.DataFrame(cols)
-    table["frame"] = (
-        data[:, 0].round().astype(int) if data.ndim == 2 and data.shape[1] >= 3 and len(data) else 0
-    )
-    feats = layer.features
-    if len(feats) == len(mask):
-        for c in ("probability", "z_um"):
-            if c in feats:
-                table[c] = feats[c].to_numpy()[mask]
-    return table

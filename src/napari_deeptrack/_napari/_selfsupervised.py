@@ -34,6 +34,7 @@ from ._layers import (
     image_layers,
     is_plugin_layer,
     notify,
+    points_table,
     spatial_kwargs,
     start_worker,
     widget_alive,
@@ -452,7 +453,6 @@ class AnnotateFewPanel(Container):
 
         from ..train.events import StopFlag
         from ..train.few_shot import POINT_KINDS, _check_inside, split_frames
-        from ._review_widget import _points_table
 
         if self.worker is not None:
             notify("Annotate a few is already running.", "warning")
@@ -482,7 +482,7 @@ class AnnotateFewPanel(Container):
                     "Select the corrected Points layer ('Copy output for correction', then mark every "
                     "object)."
                 )
-            table = _points_table(ref)[["frame", "y", "x"]]
+            table = points_table(ref)[["frame", "y", "x"]]
             if len(table) == 0:
                 raise InputError(f"The corrected layer '{ref.name}' has no points: mark the objects first.")
             frames, _ = image_frames(rv.image.value, what="Annotate a few")
