@@ -18,7 +18,7 @@ import torch
 from .data import OnlineDataset, ValidationSet, make_validation_set
 from .events import Callback, StopFlag
 from .seeding import INIT_STREAM, derive_seed
-from .trainer import Trainer
+from .trainer import Trainer, schedule_from_settings
 
 __all__ = ["TrainResult", "default_metrics", "train_task"]
 
@@ -198,17 +198,10 @@ def train_task(
         task.loss,
         train_data,
         validation,
-        epochs=int(s["epochs"]),
-        steps_per_epoch=int(s["steps_per_epoch"]),
-        optimizer=s["optimizer"],
-        lr=float(s["lr"]),
-        weight_decay=float(s["weight_decay"]),
-        lr_schedule=s["lr_schedule"],
-        grad_clip=float(s["grad_clip"]),
+        **schedule_from_settings(s),
         device=device,
         callbacks=callbacks,
         stop_flag=stop_flag,
-        early_stopping_patience=int(s["early_stopping_patience"]),
         checkpoint=checkpoint,
         metrics=metrics if metrics is not None else default_metrics(task),
         seed=seed,

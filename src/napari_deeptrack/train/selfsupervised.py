@@ -40,7 +40,7 @@ from .data import ValidationSet, normalize
 from .events import Callback, StopFlag
 from .losses import LOSSES, Loss
 from .seeding import INIT_STREAM, TRAIN_STREAM, VALIDATION_STREAM, derive_seed, make_generator
-from .trainer import Trainer
+from .trainer import Trainer, schedule_from_settings
 
 __all__ = [
     "CropSet",
@@ -568,17 +568,10 @@ def train_selfsupervised(
         loss,
         data,
         validation,
-        epochs=int(s["epochs"]),
-        steps_per_epoch=int(s["steps_per_epoch"]),
-        optimizer=s["optimizer"],
-        lr=float(s["lr"]),
-        weight_decay=float(s["weight_decay"]),
-        lr_schedule=s["lr_schedule"],
-        grad_clip=float(s["grad_clip"]),
+        **schedule_from_settings(s),
         device=device,
         callbacks=callbacks,
         stop_flag=stop_flag,
-        early_stopping_patience=int(s["early_stopping_patience"]),
         checkpoint=checkpoint,
         metrics=consistency_metrics,
         seed=seed,

@@ -472,3 +472,19 @@ class Trainer:
         h["time_s"].append(float(dt))
         for k, v in {**metrics, **self.loss.state()}.items():
             h.setdefault(k, []).append(float(v))
+
+
+def schedule_from_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`Trainer` keywords for epochs, optimiser, learning rate and its schedule, gradient clipping
+    and early stopping, read from a task's training settings (``Task.training_settings``)."""
+    s = settings
+    return {
+        "epochs": int(s["epochs"]),
+        "steps_per_epoch": int(s["steps_per_epoch"]),
+        "optimizer": s["optimizer"],
+        "lr": float(s["lr"]),
+        "weight_decay": float(s["weight_decay"]),
+        "lr_schedule": s["lr_schedule"],
+        "grad_clip": float(s["grad_clip"]),
+        "early_stopping_patience": int(s["early_stopping_patience"]),
+    }
