@@ -11,6 +11,8 @@ Rules every widget follows:
 
 from __future__ import annotations
 
+import queue
+import threading
 from typing import Any
 
 import numpy as np
@@ -285,3 +287,38 @@ def points_table(layer, only_shown: bool = False) -> pd.DataFrame:
             if c in feats:
                 table[c] = feats[c].to_numpy()[mask]
     return table
+
+
+def relay_events(job, stop_flag):
+    """Worker generator: runs ``job(callbacks=[...], stop_flag=stop_flag)`` in a helper thread and yields
+    every trainer event (so the napari worker reports progress per batch); returns the job's result.
+
+    Quitting the worker stops the job cooperatively.
+    """
+    events: queue.Queue = queue.Queue()
+    done = object()
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = job(callbacks=[events.put], stop_flag=stop_flag)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the worker
+            box["error"] = exc
+        finally:
+            events.put(done)
+
+    thread = threading.Thread(target=run, name="napari-deeptrack-learn", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ev = events.get()
+            if ev is done:
+                break
+            yield ev
+    finally:
+        if thread.is_alive():
+            stop_flag.stop()
+        thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]

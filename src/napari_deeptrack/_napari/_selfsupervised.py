@@ -18,7 +18,6 @@ workers.
 from __future__ import annotations
 
 import functools
-import queue
 import tempfile
 import threading
 import time
@@ -35,6 +34,7 @@ from ._layers import (
     is_plugin_layer,
     notify,
     points_table,
+    relay_events,
     spatial_kwargs,
     start_worker,
     widget_alive,
@@ -47,7 +47,6 @@ __all__ = [
     "StarterSource",
     "boxes_from_shapes",
     "is_selfsupervised",
-    "relay_events",
     "starter_choices",
 ]
 
@@ -58,41 +57,6 @@ SUGGESTIONS = "DeepTrack suggested annotations"
 def is_selfsupervised(task) -> bool:
     """Whether ``task`` learns from crops of real objects (LodeSTAR loss) rather than from simulation."""
     return (getattr(task, "loss", None) or {}).get("type") == "lodestar"
-
-
-def relay_events(job, stop_flag):
-    """Worker generator: runs ``job(callbacks=[...], stop_flag=stop_flag)`` in a helper thread and yields
-    every trainer event (so the napari worker reports progress per batch); returns the job's result.
-
-    Quitting the worker stops the job cooperatively.
-    """
-    events: queue.Queue = queue.Queue()
-    done = object()
-    box: dict = {}
-
-    def run():
-        try:
-            box["result"] = job(callbacks=[events.put], stop_flag=stop_flag)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the worker
-            box["error"] = exc
-        finally:
-            events.put(done)
-
-    thread = threading.Thread(target=run, name="napari-deeptrack-learn", daemon=True)
-    thread.start()
-    try:
-        while True:
-            ev = events.get()
-            if ev is done:
-                break
-            yield ev
-    finally:
-        if thread.is_alive():
-            stop_flag.stop()
-        thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
 
 
 # ---------------------------------------------------------------------------- self-supervised crops

@@ -10,12 +10,11 @@ the current batch; the model keeps the best checkpoint (lowest validation loss).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-import queue
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from magicgui.widgets import (
 )
 
 from ._dock import scroll_form, text_row
-from ._layers import notify, start_worker
+from ._layers import notify, relay_events, start_worker
 from ._session import session_for
 
 __all__ = ["TrainWidget", "crop_simulation", "export_bioimageio_package", "train_events"]
@@ -83,38 +82,13 @@ def warm_up_torch() -> None:
 def train_events(task, stop_flag, **settings):
     """Generator run in the worker: trains ``task`` and yields every trainer event; returns the result.
 
-    Training runs in a helper thread that feeds a queue; this generator relays the events, so the
-    napari worker yields once per batch without the trainer knowing about Qt.
+    Training runs in a helper thread that feeds a queue (:func:`relay_events`), so the napari worker
+    yields once per batch without the trainer knowing about Qt; quitting the worker stops training.
     """
     from ..train.api import train_task
 
-    events: queue.Queue = queue.Queue()
-    done = object()
-    box: dict = {}
-
-    def run():
-        try:
-            box["result"] = train_task(task, None, callbacks=[events.put], stop_flag=stop_flag, **settings)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the worker
-            box["error"] = exc
-        finally:
-            events.put(done)
-
-    thread = threading.Thread(target=run, name="napari-deeptrack-train", daemon=True)
-    thread.start()
-    try:
-        while True:
-            ev = events.get()
-            if ev is done:
-                break
-            yield ev
-    finally:
-        if thread.is_alive():  # the worker was quit: stop training cooperatively
-            stop_flag.stop()
-        thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
+    job = functools.partial(train_task, task, None, **settings)
+    return (yield from relay_events(job, stop_flag))
 
 
 class TrainWidget(Container):
@@ -322,7 +296,6 @@ class TrainWidget(Container):
         self.status.value = "simulating the validation set..."
         self._stop_flag = StopFlag()
         if job is not None:
-            from ._selfsupervised import relay_events
 
             self.status.value = "training from the crops..."
             worker = start_worker(relay_events, job, self._stop_flag, error="Training failed")
