@@ -3,39 +3,36 @@ simulates its own batches, only rank 0 writes the bundle (issue 12)."""
 
 import os
 import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+
+_RANK_SCRIPT = """
+import os
+import numpy as np
 import torch
-import torch.multiprocessing as mp
+from napari_deeptrack.sim import DiskMask, Fluorescence, Particles, Pipeline, PointParticle
+from napari_deeptrack.tasks.base import Task
+from napari_deeptrack.train.distributed import distributed_rank, train_task_ddp
 
-
-def _tiny_task():
-    from napari_deeptrack.sim import DiskMask, Fluorescence, Particles, Pipeline, PointParticle
-    from napari_deeptrack.tasks.base import Task
-
-    pipe = Pipeline(
-        image_shape=(32, 32),
-        particles=[Particles(PointParticle(), count=2, intensity=400.0)],
-        optics=Fluorescence(NA=1.2, wavelength_um=0.6, pixel_size_um=0.1),
-        targets={"t": DiskMask(radius_px=3)},
-    )
-    return Task(name="ddp", kind="detection", description="test", pipeline=pipe, target="t",
-                model={"type": "UNet", "in_channels": 1, "out_channels": 1, "depth": 1, "base_channels": 4},
-                loss={"type": "bce"}, postprocess={"activation": "sigmoid", "threshold": 0.5},
-                training={"validation_size": 4, "batch_size": 2, "steps_per_epoch": 3,
-                          "epochs": 1})  # fmt: skip
-
-
-def _rank(rank: int, world: int, port: int, folder: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
-    torch.set_num_threads(1)
-    from napari_deeptrack.train.distributed import train_task_ddp
-
-    res = train_task_ddp(_tiny_task(), os.path.join(folder, "bundle"), device="cpu", seed=3)
-    sd = {k: v.numpy() for k, v in res.model.state_dict().items()}
-    np.savez(os.path.join(folder, f"rank{rank}.npz"), **sd)
+torch.set_num_threads(1)
+pipe = Pipeline(
+    image_shape=(32, 32),
+    particles=[Particles(PointParticle(), count=2, intensity=400.0)],
+    optics=Fluorescence(NA=1.2, wavelength_um=0.6, pixel_size_um=0.1),
+    targets={"t": DiskMask(radius_px=3)},
+)
+task = Task(name="ddp", kind="detection", description="test", pipeline=pipe, target="t",
+            model={"type": "UNet", "in_channels": 1, "out_channels": 1, "depth": 1, "base_channels": 4},
+            loss={"type": "bce"}, postprocess={"activation": "sigmoid", "threshold": 0.5},
+            training={"validation_size": 4, "batch_size": 2, "steps_per_epoch": 3, "epochs": 1})
+folder = os.environ["DDP_TEST_FOLDER"]
+res = train_task_ddp(task, os.path.join(folder, "bundle"), device="cpu", seed=3)
+sd = {k: v.numpy() for k, v in res.model.state_dict().items()}
+np.savez(os.path.join(folder, f"rank{distributed_rank()}.npz"), **sd)
+"""
 
 
 def _free_port() -> int:
@@ -48,7 +45,17 @@ def _free_port() -> int:
 def test_two_gloo_ranks_train_one_model_and_rank0_writes_the_bundle(tmp_path):
     from napari_deeptrack.io.bundle import load_bundle
 
-    mp.spawn(_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    # launched the way a user launches it: torchrun runs the script once per rank (no pickling of
+    # test code into the children, which cannot import the tests package)
+    script = tmp_path / "rank.py"
+    script.write_text(_RANK_SCRIPT)
+    env = dict(os.environ, DDP_TEST_FOLDER=str(tmp_path), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+         "127.0.0.1", "--master_port", str(_free_port()), str(script)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = np.load(tmp_path / "rank0.npz"), np.load(tmp_path / "rank1.npz")
     assert sorted(r0.files) == sorted(r1.files) and not any(k.startswith("module.") for k in r0.files)
     # each rank trains on its own simulated batches, yet the gradients are averaged over the ranks at
