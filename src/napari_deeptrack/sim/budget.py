@@ -186,12 +186,12 @@ def _fluorescence_peak(optics, pipeline, batch: int) -> tuple[int, dict]:
 
 def _coherent_peak(optics, pipeline, batch: int) -> tuple[int, dict]:
     """Working set of ``Brightfield._field`` / ``render`` (bytes) and its numbers."""
-    from .optics.coherent import _fft_size
+    from .optics.propagation import fft_size
 
     h, w = pipeline.image_shape
     s = int(optics._oversample())
     pad = max(h, w) // 2 if optics.padding_px is None else int(optics.padding_px)
-    hg, wg = _fft_size(h + 2 * pad) * s, _fft_size(w + 2 * pad) * s
+    hg, wg = fft_size(h + 2 * pad) * s, fft_size(w + 2 * pad) * s
     dxg = float(optics.sample_pixel_um) / s
     cutoff = float(optics.NA) / float(optics.wavelength_um)
     inside = min(hg * wg, int(math.pi * cutoff**2 * (hg * dxg) * (wg * dxg) * 1.1) + 64)

@@ -44,6 +44,7 @@ from ..pipeline import Optics, Scatterer
 from ..scatterers import Ellipsoid, Sphere
 from ..scene import Scene
 from ..serialize import register
+from .propagation import fft_size
 from .pupil import Pupil, frequency_grid
 from .zernike import Zernike
 
@@ -83,19 +84,6 @@ class _Grid:
             n = max(n_max, 8 if self._pi is None else 2 * self._pi.shape[0])
             self._pi, self._tau = mie.pi_tau(self.mu, n)
         return self._pi, self._tau
-
-
-def _fft_size(n: int) -> int:
-    """Smallest integer >= n whose prime factors are 2, 3, 5 or 7 (fast FFT sizes)."""
-    m = max(int(n), 1)
-    while True:
-        k = m
-        for p in (2, 3, 5, 7):
-            while k % p == 0:
-                k //= p
-        if k == 1:
-            return m
-        m += 1
 
 
 _GRIDS: dict = {}
@@ -218,7 +206,7 @@ class Brightfield(Optics):
         s = self._oversample()
         pad = max(H, W) // 2 if self.padding_px is None else int(self.padding_px)
         # padded sizes rounded up to FFT-friendly numbers (factors 2, 3, 5, 7); image at offset (py, px)
-        Hp, Wp = _fft_size(H + 2 * pad), _fft_size(W + 2 * pad)
+        Hp, Wp = fft_size(H + 2 * pad), fft_size(W + 2 * pad)
         py, px = (Hp - H) // 2, (Wp - W) // 2
         Hg, Wg = Hp * s, Wp * s
         dxg = self.sample_pixel_um / s

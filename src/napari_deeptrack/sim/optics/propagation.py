@@ -289,3 +289,16 @@ def find_focus(
     )
     i = int(torch.argmax(vals) if mode == "max" else torch.argmin(vals))
     return float(z[i])
+
+
+def fft_size(n: int) -> int:
+    """Smallest integer >= n whose prime factors are 2, 3, 5 or 7 (fast FFT sizes)."""
+    m = max(int(n), 1)
+    while True:
+        k = m
+        for p in (2, 3, 5, 7):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
