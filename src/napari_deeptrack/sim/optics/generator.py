@@ -153,7 +153,6 @@ class GeneratorOptics(Optics):
         return lo + (y + 1) * 0.5 * (hi - lo)
 
 
-
 def _read_network(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The network of a bundle (folder or zip) and its ``postprocess`` settings; never unpickles."""
     from safetensors.torch import load as load_safetensors
