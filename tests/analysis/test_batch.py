@@ -202,3 +202,92 @@ def test_ome_zarr_is_opened_lazily_with_its_axes_and_units(tmp_path):
     assert lazy.shape == (6, 48, 64) and meta["axes"] == "TCYX"
     assert meta["pixel_size_um"] == pytest.approx(0.13) and meta["frame_interval_s"] == pytest.approx(0.05)
     np.testing.assert_array_equal(np.asarray(lazy[2:4]), 2 * stack[2:4])
+
+
+# ---------------------------------------------------------------------------- a worker dies mid-run
+@pytest.fixture(scope="module")
+def two_process_cluster():
+    """A LocalCluster of 2 worker processes (1 thread each) whose scheduler reruns the chunks of a dead
+    worker once (``allowed-failures`` 1) and gives up on the second death (KilledWorker)."""
+    distributed = pytest.importorskip("distributed")
+    import dask
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                           dashboard_address=":0")  # fmt: skip
+    yield cluster
+    cluster.close()
+
+
+def _dying_chunk(marker, kill_start, always):
+    """A chunk function for the workers that kills its worker process (``os._exit``) on the chunk
+    starting at ``kill_start``: the first time only, or every time. Each death appends to ``marker``.
+    A closure, so it travels to the workers by value; the real work is the package's own."""
+
+    def chunk(bundle_path, source, channel, start, stop, settings):
+        import os
+        from pathlib import Path
+
+        m = Path(marker)
+        if start == kill_start and (always or not m.exists()):
+            with m.open("a") as f:
+                f.write(f"{os.getpid()}\n")
+            os._exit(1)
+        from napari_deeptrack.analysis import batch as real
+
+        return real._worker_chunk(bundle_path, source, channel, start, stop, settings)
+
+    return chunk
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_mid_run_is_survived_or_stops_clearly_keeping_the_finished_chunks(
+    tmp_path, two_process_cluster, monkeypatch, capsys
+):
+    import napari_deeptrack.analysis.batch as batch
+
+    bundle = _bundle(tmp_path / "b")
+    src = _zarr(tmp_path / "s.zarr", _stack(frames=12))
+    kw = {"chunk_frames": 2, "link": True, "search_range_px": 4.0}
+    batch_apply(bundle, src, tmp_path / "ref.csv", **kw)
+    ref = (tmp_path / "ref.csv").read_text()
+    address = two_process_cluster.scheduler_address
+
+    # 1. the worker running frames 4-5 dies once: Dask reruns them elsewhere, the run finishes, same table
+    monkeypatch.setattr(batch, "_worker_chunk", _dying_chunk(str(tmp_path / "once"), 4, always=False))
+    s = batch_apply(bundle, src, tmp_path / "once.csv", scheduler=address, **kw)
+    assert len((tmp_path / "once").read_text().split()) == 1  # it did die, once
+    assert (s.chunks, s.chunks_resumed) == (6, 0)
+    assert (tmp_path / "once.csv").read_text() == ref
+    assert not (tmp_path / "once.csv.parts").exists()
+
+    # 2. frames 6-7 kill every worker that takes them: the others finish, then a clear error that names
+    #    the frames, the saved chunks and how to resume; no results table yet
+    monkeypatch.setattr(batch, "_worker_chunk", _dying_chunk(str(tmp_path / "always"), 6, always=True))
+    out = tmp_path / "always.csv"
+    with pytest.raises(batch.ClusterRunError) as err:
+        batch_apply(bundle, src, out, scheduler=address, **kw)
+    msg = str(err.value)
+    assert len((tmp_path / "always").read_text().split()) == 2  # killed twice, then given up
+    assert "6-7" in msg and "KilledWorker" in msg and "run the same command again to resume" in msg
+    assert (6, 8) in err.value.failed and not out.exists()
+    manifest = json.loads((tmp_path / "always.csv.parts" / "manifest.json").read_text())
+    saved = sorted(int(k) for k in manifest["chunks"])
+    assert 6 not in saved and len(saved) == 6 - len(err.value.failed) and len(saved) >= 1
+    assert f"{len(saved)} finished chunks" in msg
+
+    # the same call on a healthy cluster resumes with the missing chunks only and gives the same table
+    monkeypatch.undo()
+    s = batch_apply(bundle, src, out, scheduler=address, **kw)
+    assert s.chunks_resumed == len(saved)
+    assert out.read_text() == ref
+
+    # on the command line: exit status 2 and the message, not a traceback
+    monkeypatch.setattr(batch, "_worker_chunk", _dying_chunk(str(tmp_path / "cli"), 0, always=True))
+    capsys.readouterr()
+    args = ["apply", str(bundle), str(src), "--out", str(tmp_path / "cli.csv"), "--chunk-frames", "6",
+            "--scheduler", address]  # fmt: skip
+    assert main(args) == 2
+    err_text = capsys.readouterr().err
+    assert "napari-deeptrack apply: error:" in err_text and "frames 0-5" in err_text
+    assert "Traceback" not in err_text

@@ -12,7 +12,10 @@ With ``scheduler`` the chunks run on a Dask ``distributed`` cluster: ``"local"``
 running scheduler (``tcp://host:8786``, e.g. from dask-jobqueue on SLURM). Every worker loads the
 bundle once and opens the image source itself (only the path travels); results come back chunk by
 chunk and are written by this process in the same way, so the output is identical to the
-single-process run.
+single-process run. A worker that dies mid-run is survived (Dask reruns its chunks on the others, up
+to ``distributed.scheduler.allowed-failures`` deaths per chunk); a chunk that still fails does not
+stop the rest, and the run then ends with :class:`ClusterRunError` naming the failed frames, the saved
+chunks and how to resume.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BatchSummary", "batch_apply", "check_chunk_memory", "connect_scheduler"]
+from ..errors import DeepTrackError
+
+__all__ = ["BatchSummary", "ClusterRunError", "batch_apply", "check_chunk_memory", "connect_scheduler"]
 
 #: Seconds to wait for a scheduler before giving up with a clear error.
 CONNECT_TIMEOUT_S = 10.0
@@ -288,8 +293,9 @@ def batch_apply(
                 record(*_predict_range(bundle, stack, s, min(s + chunk, n), settings))
         else:
             dashboard = _run_distributed(
-                scheduler, n_workers, bundle_path, images, stack, channel, todo, chunk, n, settings, record
-            )
+                scheduler, n_workers, bundle_path, images, stack, channel, todo, chunk, n, settings,
+                record, store,
+            )  # fmt: skip
     except KeyboardInterrupt:
         print(
             f"interrupted: {store.frames_done()} of {n} frames are saved in {store.folder}; run the same "
@@ -346,10 +352,47 @@ def batch_apply(
     )
 
 
+class ClusterRunError(DeepTrackError, RuntimeError):
+    """Chunks of a distributed run failed (a worker died, or an error inside a worker); the finished
+    chunks are saved and running the same call again resumes with the missing ones only.
+
+    Attributes
+    ----------
+    failed : list of (start, stop)
+        The frames of the chunks that did not finish.
+    """
+
+    def __init__(self, message: str, failed: list[tuple[int, int]]):
+        super().__init__(message, parameter="--scheduler")
+        self.failed = failed
+
+
+def _why_chunk_failed(exc: BaseException) -> str:
+    """One clause for a chunk's failure: a dead worker (and what usually kills one) or the error."""
+    try:
+        from distributed import KilledWorker
+    except ImportError:  # pragma: no cover - depends on the install
+        KilledWorker = ()  # noqa: N806
+    if isinstance(exc, KilledWorker):
+        return (
+            "the workers running it died (KilledWorker: a worker process was killed, often for running "
+            "out of memory; lower --chunk-frames / --batch-size or give the workers more memory)"
+        )
+    text = " ".join(str(exc).split())[:300]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _run_distributed(
-    scheduler, n_workers, bundle_path, images, stack, channel, todo, chunk, n, settings, record
+    scheduler, n_workers, bundle_path, images, stack, channel, todo, chunk, n, settings, record, store
 ):
-    """Submit the chunks to Dask workers and record them as they finish (in any order)."""
+    """Submit the chunks to Dask workers and record them as they finish (in any order).
+
+    A worker that dies mid-run is survived: Dask reruns its chunks on the other workers (a restarted
+    one included) up to ``distributed.scheduler.allowed-failures`` times. A chunk that still fails
+    (its workers kept dying, or it raised) does not stop the others: every chunk that can finish is
+    recorded, then :class:`ClusterRunError` names the failed frames, where the finished ones are saved
+    and that running the same call again resumes.
+    """
     from distributed import as_completed
 
     client = connect_scheduler(scheduler, n_workers)
@@ -367,21 +410,31 @@ def _run_distributed(
             fut = client.submit(_worker_chunk, bundle_path, data, channel, *args, settings, pure=False)
             futures.append(fut)
             first_frame[fut.key] = s
+        failed: list[tuple[int, int, BaseException]] = []
         for fut in as_completed(futures):
+            s = first_frame[fut.key]
             try:
                 start, stop, det, labels, counts = fut.result()
-            except Exception as exc:  # noqa: BLE001 - a worker error: stop with what was written
-                for f in futures:
-                    f.cancel()
-                raise RuntimeError(
-                    f"a chunk failed on the cluster ({type(exc).__name__}: {exc}); the finished chunks are "
-                    "saved: fix the cause and run the same command again to resume"
-                ) from exc
+            except Exception as exc:  # noqa: BLE001 - a dead worker or an error in one: keep going
+                failed.append((s, min(s + chunk, n), exc))
+                print(f"apply: frames {s}-{min(s + chunk, n) - 1} failed ({type(exc).__name__})",
+                      file=sys.stderr)  # fmt: skip
+                continue
             if not by_path:
-                shift = first_frame[fut.key]
-                det = det.assign(frame=det["frame"].to_numpy() + shift)
-                start, stop = start + shift, stop + shift
+                det = det.assign(frame=det["frame"].to_numpy() + s)
+                start, stop = start + s, stop + s
             record(start, stop, det, labels, counts)
+        if failed:
+            failed.sort(key=lambda f: f[0])
+            first = failed[0]
+            ranges = ", ".join(f"{a}-{b - 1}" for a, b, _ in failed[:5]) + (" ..." if len(failed) > 5 else "")
+            raise ClusterRunError(
+                f"{len(failed)} of {len(todo)} chunks failed on the Dask cluster (frames {ranges}); frames "
+                f"{first[0]}-{first[1] - 1}: {_why_chunk_failed(first[2])}. The {len(store.chunks)} finished "
+                f"chunks ({store.frames_done()} of {n} frames) are saved in {store.folder}: fix the cause "
+                "and run the same command again to resume (only the missing chunks run)",
+                [(a, b) for a, b, _ in failed],
+            )
         return dashboard
     finally:
         cluster = getattr(client, "cluster", None)
