@@ -291,3 +291,94 @@ def test_a_worker_that_dies_mid_run_is_survived_or_stops_clearly_keeping_the_fin
     err_text = capsys.readouterr().err
     assert "napari-deeptrack apply: error:" in err_text and "frames 0-5" in err_text
     assert "Traceback" not in err_text
+
+
+# ---------------------------------------------------------------------------- labels of large frames
+def _disks(shape=(200, 96), n=40, seed=3):
+    """One frame of ~n disks of radius 3-5 at random places (some touching, many across band edges)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = np.zeros(shape, np.float32)
+    for _ in range(n):
+        y, x, r = rng.uniform(4, shape[0] - 4), rng.uniform(4, shape[1] - 4), rng.uniform(3, 5)
+        img[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = 1.0
+    return img[None]
+
+
+def _same_partition(a, b):
+    """The same instances, whatever their ids: same foreground, and ids map one to one."""
+    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
+    if not np.array_equal(a > 0, b > 0):
+        return False
+    pairs = np.unique(np.stack([a[a > 0], b[b > 0]]), axis=1)
+    return pairs.shape[1] == len(np.unique(a[a > 0])) == len(np.unique(b[b > 0]))
+
+
+def test_large_frames_are_segmented_in_bands_and_labels_written_band_by_band(tmp_path, monkeypatch):
+    import napari_deeptrack.analysis.predict as pr
+
+    bundle = _bundle(tmp_path / "b", kind="segmentation")
+    img = _disks()
+    whole = predict(_load(bundle), img)  # one band: the whole frame at once
+    assert whole.labels.max() >= 20
+    # bands of 48 rows (+ 12 rows of context): instances across band borders are merged, not cut
+    monkeypatch.setattr(pr, "BAND_PIXELS", 32 * img.shape[-1])
+    monkeypatch.setattr(pr, "SEG_BAND_OVERLAP_PX", 12)
+    assert len(pr._bands(200, 96, 12)) == 5
+    banded = predict(_load(bundle), img)
+    assert _same_partition(banded.labels, whole.labels)
+    cols = ["frame", "y", "x", "area", "probability"]
+    pd.testing.assert_frame_equal(_key(banded.detections)[cols], _key(whole.detections)[cols], atol=1e-9)
+
+    # streamed into Zarr: every write is a band of rows, never the whole label image
+    import napari_deeptrack.io.results_store as rs
+
+    writes = []
+    real_open = rs.open_labels_zarr
+
+    class Spy:
+        def __init__(self, arr):
+            self.arr, self.chunks, self.shape = arr, arr.chunks, arr.shape
+
+        def __getitem__(self, key):
+            return self.arr[key]
+
+        def __setitem__(self, key, value):
+            writes.append(np.shape(value))
+            self.arr[key] = value
+
+    monkeypatch.setattr(rs, "LABEL_CHUNK_BYTES", 4 * 96 * 16)  # Zarr chunks of 16 rows
+    monkeypatch.setattr(rs, "open_labels_zarr", lambda *a, **k: Spy(real_open(*a, **k)))
+    two = np.concatenate([img, img[:, ::-1]])  # 2 frames in 2 chunks: ids renumbered at the end
+    ref = predict(_load(bundle), two)
+    s = batch_apply(bundle, two, tmp_path / "seg.csv", chunk_frames=1, labels_out=tmp_path / "lab.zarr")
+    assert s.chunks == 2 and writes and max(w[-2] for w in writes) < img.shape[-2]
+    labels = np.asarray(zarr.open_array(str(tmp_path / "lab.zarr"), mode="r"))
+    assert zarr.open_array(str(tmp_path / "lab.zarr"), mode="r").chunks == (1, 16, 96)
+    assert _same_partition(labels, ref.labels)
+    assert len(np.unique(labels[labels > 0])) == len(np.unique(ref.labels[ref.labels > 0]))
+    got = read_results_csv(tmp_path / "seg.csv")
+    assert sorted(got["label"]) == sorted(np.unique(labels[labels > 0]))  # table ids = image ids
+
+
+def test_cli_streaming_writes_track_formats_and_counts_like_the_in_memory_path(tmp_path, capsys):
+    from napari_deeptrack.io.tiff import write_tiff
+
+    bundle = _bundle(tmp_path / "b")
+    stack = _stack()
+    write_tiff(tmp_path / "s.tif", stack, pixel_size_um=0.1)
+    _zarr(tmp_path / "s.zarr", stack)
+    common = ["--link", "--search-range-px", "4", "--format", "trackpy", "--frame-interval-s", "0.5",
+              "--pixel-size-um", "0.1"]  # fmt: skip
+    assert main(["apply", str(bundle), str(tmp_path / "s.tif"), "--out", str(tmp_path / "mem.csv"),
+                 "--counts-out", str(tmp_path / "mem_n.csv"), *common]) == 0  # fmt: skip
+    assert "trackpy" in json.loads(capsys.readouterr().out)
+    assert main(["apply", str(bundle), str(tmp_path / "s.zarr"), "--out", str(tmp_path / "st.csv"),
+                 "--counts-out", str(tmp_path / "st_n.csv"), "--chunk-frames", "3",
+                 *common]) == 0  # fmt: skip
+    st = json.loads(capsys.readouterr().out)
+    assert st["chunks"] == 4 and st["counts"] == str(tmp_path / "st_n.csv")
+    assert (tmp_path / "st_n.csv").read_text() == (tmp_path / "mem_n.csv").read_text()
+    assert (tmp_path / "st_trackpy.csv").read_text() == (tmp_path / "mem_trackpy.csv").read_text()
+    assert st["trackpy"] == str(tmp_path / "st_trackpy.csv")
+    assert len(pd.read_csv(st["trackpy"], comment="#")) == 39

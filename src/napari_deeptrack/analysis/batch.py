@@ -54,6 +54,8 @@ class BatchSummary:
     labels: Path | None = None
     dashboard: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    #: The merged (and linked) detections as written to ``results``.
+    table: Any = None
 
 
 # ---------------------------------------------------------------------------- worker side
@@ -71,8 +73,9 @@ def _cached_source(path: str, channel):
     return open_lazy(path, channel=channel)[0]
 
 
-def _predict_range(bundle, images, start: int, stop: int, settings: dict) -> tuple:
-    """One chunk through the one prediction path: (start, stop, detections, labels, counts)."""
+def _predict_range(bundle, images, start: int, stop: int, settings: dict, labels_out=None) -> tuple:
+    """One chunk through the one prediction path: (start, stop, detections, labels, counts). With
+    ``labels_out`` (segmentation) the labels go there band by band (chunk-local ids) and come back None."""
     from .predict import predict_chunks
 
     gen = predict_chunks(
@@ -81,6 +84,7 @@ def _predict_range(bundle, images, start: int, stop: int, settings: dict) -> tup
         frame_range=(start, stop),
         chunk_frames=stop - start,
         keep_maps=False,
+        labels_out=labels_out,
         **settings,
     )
     part = next(gen)
@@ -185,6 +189,7 @@ def batch_apply(
     pixel_size_um: float | None = None,
     frame_interval_s: float | None = None,
     labels_out: str | Path | None = None,
+    counts_out: str | Path | None = None,
     scheduler: str | None = None,
     n_workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
@@ -205,6 +210,9 @@ def batch_apply(
         Frames per chunk (default: 64, fewer when the memory budget asks for it).
     labels_out : str or Path or None
         Segmentation: a ``.zarr`` folder receiving the labels ``[T, H, W]`` chunk by chunk.
+    counts_out : str or Path or None
+        ``frame,count`` CSV of the objects per frame (written from the saved chunks at the end);
+        counting tasks write ``OUT_counts.csv`` next to ``out`` without it.
     scheduler : str or None
         None (this process), ``"local"`` (a ``LocalCluster`` of ``n_workers``) or a scheduler address.
     progress : callable or None
@@ -281,6 +289,8 @@ def batch_apply(
             max_label = int(labels.max(initial=0))
             if labels_zarr is not None:
                 labels_zarr[start:stop] = labels.astype(np.int32)
+        elif "label" in det.columns and len(det):  # written to labels_zarr band by band
+            max_label = int(det["label"].max())
         store.add(start, stop, det, counts, max_label)
         if progress is not None:
             progress(store.frames_done(), n)
@@ -290,7 +300,7 @@ def batch_apply(
     try:
         if scheduler is None:
             for s in todo:
-                record(*_predict_range(bundle, stack, s, min(s + chunk, n), settings))
+                record(*_predict_range(bundle, stack, s, min(s + chunk, n), settings, labels_zarr))
         else:
             dashboard = _run_distributed(
                 scheduler, n_workers, bundle_path, images, stack, channel, todo, chunk, n, settings,
@@ -308,12 +318,14 @@ def batch_apply(
         from .detect import empty_detections
 
         det = empty_detections()
-    if labels_zarr is not None:
+    if labels_zarr is not None:  # chunk-local label ids made unique, one block of rows at a time
+        rows = max(1, int(labels_zarr.chunks[1]))
         for start, offset in store.label_offsets().items():
             if offset:
-                stop = store.chunks[start]["stop"]
-                block = np.asarray(labels_zarr[start:stop])
-                labels_zarr[start:stop] = np.where(block > 0, block + offset, 0)
+                for f in range(start, store.chunks[start]["stop"]):
+                    for r0 in range(0, h, rows):
+                        block = np.asarray(labels_zarr[f, r0 : r0 + rows])
+                        labels_zarr[f, r0 : r0 + rows] = np.where(block > 0, block + offset, 0)
     info: dict[str, Any] = {"chunk_frames": chunk, "threshold": threshold}
     tracks = None
     if link and rule.has_detections:
@@ -333,11 +345,16 @@ def batch_apply(
     else:
         write_results_csv(det, out)
     counts = store.counts()
-    if counts is not None and task.kind == "counting":
-        write_counts_csv(counts, out.with_name(out.stem + "_counts.csv"))
+    counts_path = counts_out
+    if counts_path is None and task.kind == "counting":
+        counts_path = out.with_name(out.stem + "_counts.csv")
+    if counts_path is not None and counts is not None:
+        info["counts"] = str(write_counts_csv(counts, counts_path))
     if not keep_parts:
         store.remove()
     info["pixel_size_um"] = meta.get("pixel_size_um")
+    info["trained_pixel_size_um"] = float(task.pixel_size_um)
+    info["image_shape"] = [h, w]
     return BatchSummary(
         results=out,
         frames=n,
@@ -349,6 +366,7 @@ def batch_apply(
         labels=None if labels_out is None else Path(labels_out),
         dashboard=dashboard,
         info=info,
+        table=det,
     )
 
 
@@ -458,6 +476,8 @@ def settings_json(summary: BatchSummary) -> str:
         d["mean_count"] = float(np.mean(summary.counts)) if len(summary.counts) else math.nan
     if summary.labels is not None:
         d["labels"] = str(summary.labels)
+    if summary.info.get("counts"):
+        d["counts"] = summary.info["counts"]
     if summary.dashboard:
         d["dashboard"] = summary.dashboard
     return json.dumps(d)

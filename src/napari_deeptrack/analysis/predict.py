@@ -285,6 +285,9 @@ class RawOutput:
     threshold: float
     postprocess: dict
     min_signal: float | None
+    labels_out: Any = None  # segmentation: an array [T, H, W] to write labels into, band by band
+    label_offset: int = 0  # added to the label ids written to labels_out
+    frame_offset: int = 0  # frame of labels_out where this chunk starts
 
     @property
     def n_frames(self) -> int:
@@ -313,17 +316,14 @@ BAND_PIXELS = 2048 * 2048
 BAND_OVERLAP_PX = 32
 
 
-def _bands(h: int, w: int) -> list[tuple[int, int, int, int]]:
+def _bands(h: int, w: int, overlap: int = BAND_OVERLAP_PX) -> list[tuple[int, int, int, int]]:
     """Row bands ``(read_from, read_to, own_from, own_to)`` covering ``h`` rows: each band is read with
-    :data:`BAND_OVERLAP_PX` rows of context and owns the detections whose centre lies in its own rows."""
-    rows = max(4 * BAND_OVERLAP_PX, BAND_PIXELS // max(w, 1))
+    ``overlap`` rows of context and owns the detections whose centre lies in its own rows."""
+    rows = max(4 * overlap, BAND_PIXELS // max(w, 1))
     if h * w <= BAND_PIXELS or h <= rows:
         return [(0, h, 0, h)]
     edges = list(range(0, h, rows)) + [h]
-    return [
-        (max(a - BAND_OVERLAP_PX, 0), min(b + BAND_OVERLAP_PX, h), a, b)
-        for a, b in zip(edges[:-1], edges[1:])
-    ]
+    return [(max(a - overlap, 0), min(b + overlap, h), a, b) for a, b in zip(edges[:-1], edges[1:])]
 
 
 def _detection(r: RawOutput) -> Measured:
@@ -363,34 +363,84 @@ def _counting(r: RawOutput) -> Measured:
     return peaks_from_density(density, sigma), None, counts_from_density(density)
 
 
-def _segmentation(r: RawOutput) -> Measured:
-    maps, pp = r.maps, r.postprocess
+#: Row bands of segmentation overlap by this much: an object up to this size across is labelled
+#: whole by the band that owns its centre (so instances crossing a band border are never cut).
+SEG_BAND_OVERLAP_PX = 64
+
+
+def _foreground(maps: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
     c = maps.shape[1]
-    fg = maps[:, 0] if c == 1 else (maps[:, 1] if c == 2 else 1.0 - maps[:, 0])
+    return maps[:, 0, rows] if c == 1 else (maps[:, 1, rows] if c == 2 else 1.0 - maps[:, 0, rows])
+
+
+def _segment_block(r: RawOutput, fg: np.ndarray) -> tuple[np.ndarray, pd.DataFrame]:
+    """Labels of a block of rows ``[T, rows, W]`` (ids from 1) and their table (block coordinates)."""
+    pp = r.postprocess
     labels = instance_labels(
         fg,
         r.threshold,
         min_distance_px=float(pp.get("min_distance_px", 3.0)),
         min_area_px=int(pp.get("min_area_px", 0)),
+        seed_h_px=float(pp.get("seed_h_px", 0.0)),
     )
     ids = np.unique(labels[labels > 0])
     if len(ids) == 0:
-        return empty_detections(), labels, np.zeros(r.n_frames)
+        return labels, empty_detections()
     com = np.asarray(ndimage.center_of_mass(np.ones_like(fg), labels, ids)).reshape(-1, 3)
-    area = ndimage.sum_labels(np.ones_like(fg), labels, ids)
-    prob = ndimage.mean(fg, labels, ids)
     df = pd.DataFrame(
         {
             "frame": np.round(com[:, 0]).astype(np.int64),
             "y": com[:, 1],
             "x": com[:, 2],
-            "probability": prob,
-            "area": area,
+            "probability": ndimage.mean(fg, labels, ids),
+            "area": ndimage.sum_labels(np.ones_like(fg), labels, ids),
             "label": ids.astype(np.int64),
         }
     )
-    det = df.sort_values(["frame", "y", "x"], kind="stable").reset_index(drop=True)
-    return det, labels, _per_frame(det, r.n_frames)
+    return labels, df
+
+
+def _segmentation(r: RawOutput) -> Measured:
+    """Seeded watershed of the foreground; frames larger than :data:`BAND_PIXELS` are labelled in row
+    bands overlapping by :data:`SEG_BAND_OVERLAP_PX`, each band keeping the instances whose centre lies
+    in its own rows (whole, up to the overlap's size), so a whole slide never needs the watershed's
+    memory for the whole frame. With ``r.labels_out`` (an array ``[T, H, W]``: Zarr...) the labels are
+    written there band by band (global ids: ``r.label_offset`` added, frames shifted by
+    ``r.frame_offset``) and no label image of the whole chunk is kept: the returned labels are None."""
+    h, w = r.image_shape
+    bands = _bands(h, w, SEG_BAND_OVERLAP_PX)
+    sink = r.labels_out
+    if len(bands) == 1 and sink is None:
+        labels, det = _segment_block(r, _foreground(r.maps))
+        det = det.sort_values(["frame", "y", "x"], kind="stable").reset_index(drop=True)
+        return det, labels, _per_frame(det, r.n_frames)
+    whole = None if sink is not None else np.zeros((r.n_frames, h, w), np.int32)
+    tables, next_id = [], 0
+    f0, f1 = r.frame_offset, r.frame_offset + r.n_frames
+    for lo, hi, own_lo, own_hi in bands:
+        labels, det = _segment_block(r, _foreground(r.maps, slice(lo, hi)))
+        det["y"] += lo
+        keep = ((det["y"] >= own_lo - 0.5) & (det["y"] < own_hi - 0.5)).to_numpy()
+        det = det[keep].reset_index(drop=True)
+        if not len(det):
+            continue
+        lut = np.zeros(int(labels.max(initial=0)) + 1, np.int64)
+        new_ids = next_id + 1 + np.arange(len(det))
+        lut[det["label"].to_numpy()] = new_ids + (r.label_offset if sink is not None else 0)
+        det["label"] = new_ids
+        next_id += len(det)
+        band = lut[labels]  # the kept instances only, whole (they may reach into the neighbours' rows)
+        if sink is None:
+            region = whole[:, lo:hi]
+            np.copyto(region, band.astype(np.int32), where=band > 0)
+        else:
+            region = np.asarray(sink[f0:f1, lo:hi])
+            np.copyto(region, band.astype(region.dtype), where=band > 0)
+            sink[f0:f1, lo:hi] = region
+        tables.append(det)
+    det = pd.concat(tables, ignore_index=True) if tables else empty_detections()
+    det = det.sort_values(["frame", "y", "x"], kind="stable").reset_index(drop=True)
+    return det, whole, _per_frame(det, r.n_frames)
 
 
 def _tracking_3d(r: RawOutput) -> Measured:
@@ -614,6 +664,7 @@ def predict_chunks(
     test_time_augmentation: str | None = None,
     keep_maps: bool = True,
     frame_range: tuple[int, int] | None = None,
+    labels_out=None,
 ) -> Generator[ChunkResult, None, PredictionResult]:
     """Predict ``images`` chunk by chunk: yield every chunk's thresholded result, return the merged,
     linked :class:`PredictionResult`.
@@ -622,9 +673,11 @@ def predict_chunks(
     default ``max(64, batch_size)``) and ``keep_maps`` (keep every chunk's output maps in the merged
     result; switch off to bound memory when streaming long stacks) and ``frame_range`` (only frames
     ``start:stop`` of the stack, numbered as in the whole stack; label ids start at 1 in every call:
-    what a worker of a distributed run does with its share). Only ``images[start:stop]`` of
-    one chunk is in memory at a time, so lazy arrays (dask, zarr, memory maps) are read chunk by
-    chunk. Use it as a generator (``for chunk in gen: ...``; the merged result is the
+    what a worker of a distributed run does with its share) and ``labels_out`` (segmentation: an
+    array ``[T, H, W]`` of the whole stack, e.g. Zarr, receiving the labels band by band, so no label
+    image of a chunk is held; the chunks' and the result's ``labels`` are then None). Only
+    ``images[start:stop]`` of one chunk is in memory at a time, so lazy arrays (dask, zarr, memory
+    maps) are read chunk by chunk. Use it as a generator (``for chunk in gen: ...``; the merged result is the
     ``StopIteration`` value, which napari's ``thread_worker`` passes to ``returned``).
 
     Yields
@@ -690,9 +743,14 @@ def predict_chunks(
         if lodestar:
             det, labels, counts = pd.DataFrame(table), None, _per_frame(pd.DataFrame(table), len(xn))
         else:
-            det, labels, counts = rule.measure(RawOutput(task, out, xn, thr, pp, min_signal))
+            sink = labels_out if task.kind == "segmentation" else None
+            raw_out = RawOutput(task, out, xn, thr, pp, min_signal, sink, label_offset, start)
+            det, labels, counts = rule.measure(raw_out)
         det = det.copy()
         det["frame"] = det["frame"].to_numpy().astype(np.int64) + start
+        if labels is None and labels_out is not None and "label" in det.columns:  # written band by band
+            det["label"] = det["label"].to_numpy() + label_offset
+            label_offset = int(det["label"].max()) if len(det) else label_offset
         if labels is not None:
             labels = np.where(labels > 0, labels.astype(np.int64) + label_offset, 0)
             if "label" in det.columns:

@@ -5,6 +5,12 @@ one row per detection: ``frame, y, x`` in pixels of the input, then ``z_um`` and
 where the task gives them, ``probability``, and ``track_id`` with ``--link``. Counting tasks also
 write ``RESULTS_counts.csv`` (``frame,count``) next to the results; ``--labels-out`` writes instance labels
 (segmentation) as a TIFF. A JSON summary goes to standard output.
+
+Large inputs (a Zarr, ``--chunk-frames``, ``--scheduler``, a ``.parquet`` ``--out``, a ``.zarr``
+``--labels-out``, a TIFF over the memory budget) are streamed chunk by chunk
+(:func:`napari_deeptrack.analysis.batch.batch_apply`): results are written as chunks finish and a re-run
+resumes; labels go to a Zarr folder band by band; ``--format`` and ``--counts-out`` are written at the
+end from the merged table, as in memory.
 """
 
 from __future__ import annotations
@@ -298,13 +304,9 @@ def _run_streamed(args) -> int:
     from ..io.bioimageio import load_model
     from ..train.seeding import resolve_device
 
-    if getattr(args, "format", "csv") != "csv":
-        raise ValueError(
-            "--format trackmate/ctc/trackpy is not available with streaming yet: use --format csv"
-        )
-    if args.counts_out:
-        raise ValueError("--counts-out is not available with streaming: counts go to RESULTS_counts.csv")
     check_output_file(args.out, "--out", (".csv", ".parquet"))
+    if args.counts_out:
+        check_output_file(args.counts_out, "--counts-out", (".csv",))
     if args.labels_out and not str(args.labels_out).rstrip("/").lower().endswith(".zarr"):
         raise ValueError("--labels-out: streamed labels are written to a Zarr folder (LABELS.zarr)")
     resolve_device(args.device)
@@ -333,9 +335,30 @@ def _run_streamed(args) -> int:
         pixel_size_um=args.pixel_size_um,
         frame_interval_s=args.frame_interval_s,
         labels_out=args.labels_out,
+        counts_out=args.counts_out,
         scheduler=args.scheduler,
         n_workers=args.workers,
         progress=progress,
     )
-    print(settings_json(summary))
+    fmt = getattr(args, "format", "csv")
+    if fmt == "csv":
+        print(settings_json(summary))
+        return 0
+    # tracks for TrackMate, the CTC tools or trackpy: from the merged, linked table just written
+    from .export import track_output_path, write_tracks
+
+    out = Path(summary.results)
+    tracks = summary.table
+    if "track_id" not in tracks:  # no detection at all: nothing was linked
+        tracks = tracks.assign(track_id=np.zeros(len(tracks), np.int64))
+    px = args.pixel_size_um or summary.info.get("pixel_size_um") or summary.info["trained_pixel_size_um"]
+    where = write_tracks(
+        tracks,
+        track_output_path(out.with_suffix(".csv"), fmt),
+        fmt,
+        float(px),
+        args.frame_interval_s or 1.0,
+        image_shape=tuple(summary.info["image_shape"]),
+    )
+    print(json.dumps({**json.loads(settings_json(summary)), fmt: str(where)}))
     return 0

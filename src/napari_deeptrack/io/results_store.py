@@ -6,8 +6,9 @@ A store is a folder next to the final results (``results.csv`` -> ``results.csv.
   largest label id and counts per frame (rewritten atomically after every chunk);
 - ``det_000000123.parquet``: the detections of the chunk starting at frame 123 (written atomically
   before the manifest names it, so a chunk is either complete or absent);
-- labels go straight into a Zarr array ``[T, H, W]`` (``--labels-out LABELS.zarr``), one frame per
-  Zarr chunk, written region by region.
+- labels go straight into a Zarr array ``[T, H, W]`` (``--labels-out LABELS.zarr``), Zarr chunks of
+  one frame and at most :data:`LABEL_CHUNK_BYTES` (blocks of rows of a large slide), written band by
+  band.
 
 :meth:`ResultStore.open` refuses a folder left by a run with other settings, so results of two
 different runs are never mixed.
@@ -28,6 +29,9 @@ from .atomic import atomic_path, atomic_write_text
 __all__ = ["ResultStore", "open_labels_zarr"]
 
 MANIFEST = "manifest.json"
+#: Largest Zarr chunk of a labels array: one frame, or a block of its rows for a large slide (so a band
+#: written or renumbered reads and writes only its own rows, not the whole frame).
+LABEL_CHUNK_BYTES = 16 * 2**20
 
 
 class ResultStore:
@@ -127,7 +131,8 @@ def _part_name(start: int) -> str:
 
 
 def open_labels_zarr(path: str | Path, shape: tuple[int, int, int], resume: bool):
-    """The labels Zarr array ``[T, H, W]`` int32 (one frame per chunk): created, or reopened to resume."""
+    """The labels Zarr array ``[T, H, W]`` int32 (chunks of one frame, or of a block of rows when a frame
+    is over :data:`LABEL_CHUNK_BYTES`): created, or reopened to resume."""
     import zarr
 
     path = Path(path)
@@ -138,6 +143,6 @@ def open_labels_zarr(path: str | Path, shape: tuple[int, int, int], resume: bool
         return arr
     if path.exists():
         raise ValueError(f"{path} exists: remove it or choose another --labels-out")
-    return zarr.open_array(
-        str(path), mode="w", shape=shape, chunks=(1, *shape[1:]), dtype="int32", fill_value=0
-    )
+    h, w = int(shape[1]), int(shape[2])
+    rows = max(1, min(h, LABEL_CHUNK_BYTES // (4 * max(w, 1))))
+    return zarr.open_array(str(path), mode="w", shape=shape, chunks=(1, rows, w), dtype="int32", fill_value=0)
