@@ -382,3 +382,47 @@ def test_cli_streaming_writes_track_formats_and_counts_like_the_in_memory_path(t
     assert (tmp_path / "st_trackpy.csv").read_text() == (tmp_path / "mem_trackpy.csv").read_text()
     assert st["trackpy"] == str(tmp_path / "st_trackpy.csv")
     assert len(pd.read_csv(st["trackpy"], comment="#")) == 39
+
+
+# ---------------------------------------------------------------------------- tile size from memory
+def test_tile_size_is_chosen_from_the_memory_budget(tmp_path, capsys):
+    from napari_deeptrack.analysis.predict import auto_tile_size
+    from napari_deeptrack.errors import MemoryBudgetError
+    from napari_deeptrack.sim.budget import estimate_apply
+    from napari_deeptrack.tasks import get_preset
+
+    cfg = get_preset("particles-2d").model  # a U-Net of depth d: tiles are multiples of 2**d
+    mult = 2 ** cfg["depth"]
+    gb = 2**30
+    # room for everything: the whole frame (rounded up to the down-sampling factor), no tiling
+    assert auto_tile_size(cfg, (500, 300), 64 * gb) == -(-500 // mult) * mult
+    tiles = [auto_tile_size(cfg, (4096, 4096), b * gb, batch_size=8) for b in (8, 2, 1, 0.5)]
+    assert tiles == sorted(tiles, reverse=True) and tiles[0] > tiles[-1]  # less memory, smaller tiles
+    assert all(t % mult == 0 and t < 4096 for t in tiles)
+    # the tile chosen fits by the model's own estimate (meta forward pass on that tile), the next does not
+    budget = 1 * gb
+    t = auto_tile_size(cfg, (4096, 4096), budget, batch_size=8)
+    frame = 4096 * 4096 * 24
+    assert estimate_apply(cfg, (1, t, t), 8, 8).bytes + frame <= budget * 1.05
+    bigger = min(s for s in (t * 2, t + t // 2) if s % mult == 0)
+    assert estimate_apply(cfg, (1, bigger, bigger), 8, 8).bytes + frame > budget * 0.95
+    with pytest.raises(MemoryBudgetError, match="--batch-size"):
+        auto_tile_size(cfg, (8192, 8192), 0.5 * gb)
+    # a small frame of a bundle: the whole frame
+    assert auto_tile_size(_load(_bundle(tmp_path / "b")), (48, 64), gb) == 64
+
+    # the command line: 'auto' by default (reported), a number overrides, nonsense is refused
+    bundle = _bundle(tmp_path / "b2")
+    from napari_deeptrack.io.tiff import write_tiff
+
+    write_tiff(tmp_path / "s.tif", _stack(frames=2), pixel_size_um=0.1)
+    assert main(["apply", str(bundle), str(tmp_path / "s.tif"), "--out", str(tmp_path / "a.csv")]) == 0
+    assert json.loads(capsys.readouterr().out)["tile_size"] == 64
+    assert main(["apply", str(bundle), str(tmp_path / "s.tif"), "--out", str(tmp_path / "b.csv"),
+                 "--tile-size", "32"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["tile_size"] == 32
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()  # tiles merge seamlessly
+    with pytest.raises(SystemExit):
+        main(["apply", str(bundle), str(tmp_path / "s.tif"), "--out", str(tmp_path / "c.csv"),
+              "--tile-size", "big"])  # fmt: skip
+    assert "expected 'auto' or a number of pixels" in capsys.readouterr().err

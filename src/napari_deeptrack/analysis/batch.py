@@ -180,7 +180,7 @@ def batch_apply(
     threshold: float | None = None,
     batch_size: int = 8,
     device: str = "cpu",
-    tile_size: int = 512,
+    tile_size: int | str = "auto",
     tile_overlap: int = 32,
     min_signal: float | None = None,
     link: bool = False,
@@ -208,6 +208,10 @@ def batch_apply(
         Results table, ``.csv`` or ``.parquet``. Unfinished work lives in ``OUT.parts/`` until the end.
     chunk_frames : int or None
         Frames per chunk (default: 64, fewer when the memory budget asks for it).
+    tile_size : int or "auto"
+        Frames larger than this run in overlapping tiles; ``"auto"`` (default): the largest tile the
+        memory budget allows with ``chunk_frames`` frames in memory
+        (:func:`~napari_deeptrack.analysis.predict.auto_tile_size`), the whole frame when it fits.
     labels_out : str or Path or None
         Segmentation: a ``.zarr`` folder receiving the labels ``[T, H, W]`` chunk by chunk.
     counts_out : str or Path or None
@@ -228,7 +232,7 @@ def batch_apply(
     from ..io.results_store import ResultStore, open_labels_zarr
     from ..io.tables import order_columns, write_counts_csv, write_results_csv
     from ..sim.budget import frames_per_chunk
-    from .predict import check_images_fit, kind_rule, link_detections
+    from .predict import auto_tile_size, check_images_fit, kind_rule, link_detections
 
     out = Path(out)
     if out.suffix.lower() not in (".csv", ".parquet"):
@@ -264,6 +268,11 @@ def batch_apply(
         if chunk < 1:
             raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
     check_chunk_memory(model_cfg, (h, w), chunk, batch_size)
+    tile_asked = tile_size
+    if isinstance(tile_size, str) and tile_size == "auto":
+        tile_size = auto_tile_size(bundle, (h, w), None, batch_size, chunk)
+    elif isinstance(tile_size, str) or not int(tile_size) >= 1:
+        raise ValueError(f"tile_size must be a number of pixels >= 1 or 'auto', got {tile_size!r}")
     settings = {
         "threshold": threshold,
         "batch_size": int(batch_size),
@@ -272,9 +281,10 @@ def batch_apply(
         "tile_overlap": int(tile_overlap),
         "min_signal": min_signal,
     }
-    store = ResultStore.open(
-        out.with_name(out.name + ".parts"), _settings_key(bundle, source_desc, (n, h, w), settings, chunk)
-    )
+    # the key holds the tile size asked for ("auto" stays "auto": a resume with other free memory is
+    # the same run; tiles are merged without seams, so the chunks agree whatever the tile)
+    key = _settings_key(bundle, source_desc, (n, h, w), {**settings, "tile_size": tile_asked}, chunk)
+    store = ResultStore.open(out.with_name(out.name + ".parts"), key)
     starts = list(range(0, n, chunk))
     resumed = sum(store.is_done(s) for s in starts)
     labels_zarr = None
@@ -326,7 +336,7 @@ def batch_apply(
                     for r0 in range(0, h, rows):
                         block = np.asarray(labels_zarr[f, r0 : r0 + rows])
                         labels_zarr[f, r0 : r0 + rows] = np.where(block > 0, block + offset, 0)
-    info: dict[str, Any] = {"chunk_frames": chunk, "threshold": threshold}
+    info: dict[str, Any] = {"chunk_frames": chunk, "threshold": threshold, "tile_size": int(tile_size)}
     tracks = None
     if link and rule.has_detections:
         det, diffusion, _, link_info = link_detections(
@@ -478,6 +488,8 @@ def settings_json(summary: BatchSummary) -> str:
         d["labels"] = str(summary.labels)
     if summary.info.get("counts"):
         d["counts"] = summary.info["counts"]
+    if summary.info.get("tile_size"):
+        d["tile_size"] = summary.info["tile_size"]
     if summary.dashboard:
         d["dashboard"] = summary.dashboard
     return json.dumps(d)

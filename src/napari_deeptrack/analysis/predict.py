@@ -58,6 +58,7 @@ __all__ = [
     "link_detections",
     "linking_settings",
     "PredictionResult",
+    "auto_tile_size",
     "check_images_fit",
     "dihedral_asymmetry",
     "dihedral_average",
@@ -198,6 +199,97 @@ def run_model(
             b1 = tw if ix == len(xs) - 1 else tw - ov
             out[f, :, y0 + a0 : y0 + a1, x0 + b0 : x0 + b1] = r[:, a0:a1, b0:b1]
     return out[..., :h, :w]
+
+
+#: Tile sizes :func:`auto_tile_size` tries below the whole frame (largest first).
+AUTO_TILE_SIZES = (8192, 6144, 4096, 3072, 2048, 1536, 1024, 768, 512, 384, 256, 192, 128, 96, 64)
+#: Bytes per pixel of one frame held while a chunk is applied: raw and normalised input, output map,
+#: float64 post-processing temporaries and labels (as ``analysis.batch.check_chunk_memory``).
+FRAME_BYTES_PER_PX = 4 + 4 + 4 + 8 + 4
+
+
+def auto_tile_size(
+    model_or_bundle,
+    image_shape,
+    memory_budget_bytes: int | None = None,
+    batch_size: int = 8,
+    frames_in_memory: int = 1,
+) -> int:
+    """The tile size (px) to apply a model with: the largest that fits the memory budget.
+
+    The whole frame (no tiling) when its forward pass fits; else the largest of
+    :data:`AUTO_TILE_SIZES` (a multiple of the network's down-sampling factor) whose estimated peak fits:
+    the network on ``batch_size`` tiles (weights, activations, tile input and output;
+    :func:`napari_deeptrack.sim.budget.estimate_apply`) plus the ``frames_in_memory`` whole frames a
+    chunk holds (input, output map, post-processing: :data:`FRAME_BYTES_PER_PX` per pixel). Models
+    trained on crops (localisation, classification...) are never tiled: their frame size is returned.
+
+    Parameters
+    ----------
+    model_or_bundle : Bundle, dict or torch.nn.Module
+        A loaded bundle, a model config (``{"type": "UNet", ...}``) or a model.
+    image_shape : tuple
+        ``(H, W)`` or any shape whose last two entries are the frame's rows and columns.
+    memory_budget_bytes : int or None
+        Default :func:`napari_deeptrack.nn.memory.memory_budget` (``NAPARI_DEEPTRACK_MEMORY_GB``, 4 GB, or
+        a fraction of the free memory).
+    batch_size : int
+        Tiles per forward pass (``--batch-size``).
+    frames_in_memory : int
+        Whole frames held at once (the chunk: ``--chunk-frames``).
+
+    Returns
+    -------
+    int
+        The tile size; ``max(H, W)`` rounded up to the down-sampling factor means no tiling.
+
+    Raises
+    ------
+    MemoryBudgetError
+        Not even whole frames plus 64-px tiles fit: names ``--batch-size``, ``--chunk-frames`` and the
+        budget's variable.
+    """
+    from ..errors import MemoryBudgetError
+    from ..nn.memory import format_bytes, memory_budget
+    from ..sim.budget import estimate_apply
+
+    budget = memory_budget() if memory_budget_bytes is None else int(memory_budget_bytes)
+    h, w = (int(v) for v in tuple(image_shape)[-2:])
+    batch = max(1, int(batch_size))
+    if hasattr(model_or_bundle, "model") and hasattr(model_or_bundle, "task"):
+        task = model_or_bundle.task
+        if not kind_rule(task.kind).fully_convolutional:
+            return max(h, w)
+        cfg = (getattr(model_or_bundle, "config", None) or {}).get("model") or getattr(task, "model", None)
+        known = isinstance(cfg, dict) and cfg.get("type") not in (None, "custom")
+        model = cfg if known else model_or_bundle.model
+    else:
+        model, cfg = model_or_bundle, model_or_bundle
+    if isinstance(cfg, dict) and isinstance(model, torch.nn.Module):  # a bare model: its config if known
+        model = cfg if cfg.get("type") not in (None, "custom") else model
+    multiple = _down_factor(cfg if isinstance(cfg, dict) else {})
+    whole = -(-max(h, w) // multiple) * multiple
+    fixed = int(frames_in_memory) * h * w * FRAME_BYTES_PER_PX
+    # the network's activations grow with the tile's pixels: count them once (a meta-tensor forward
+    # pass on a reference tile), then scale, as estimate_apply does for each size
+    ref = max(multiple, min(256 // multiple * multiple, whole))
+    est = estimate_apply(model, (1, ref, ref), 1, 1)
+    act_per_px = est.detail["activations_per_frame"] / float(ref * ref)
+    weights = est.detail["parameters"] * 4
+    need = None
+    for tile in [whole] + [t for t in AUTO_TILE_SIZES if t < whole and t % multiple == 0]:
+        px = min(tile, h) * min(tile, w)
+        need = int(weights + batch * px * (act_per_px * 4 / 2 + 4 * 2)) + fixed
+        if need <= budget:
+            return int(tile)
+    raise MemoryBudgetError(
+        f"applying to {h}x{w} frames needs about {format_bytes(need)} even in the smallest tiles, over "
+        f"the memory budget of {format_bytes(budget)}: lower `--batch-size` ({batch}) or `--chunk-frames` "
+        f"({frames_in_memory}), or raise NAPARI_DEEPTRACK_MEMORY_GB",
+        parameter="batch_size",
+        need_bytes=int(need or 0),
+        budget_bytes=budget,
+    )
 
 
 def dihedral_asymmetry(optics: Any) -> str | None:
@@ -554,6 +646,19 @@ def _model_and_task(model_or_bundle, task):
     )
 
 
+@dataclass
+class _TaskModel:
+    """A model with its task and config, shaped like a bundle (for :func:`auto_tile_size`)."""
+
+    model: Any
+    task: Any
+    model_config: dict
+
+    @property
+    def config(self) -> dict:
+        return {"model": self.model_config}
+
+
 class _Frames:
     """A view of ``images`` as frames ``[T, C, H, W]`` that reads only the frames asked for.
 
@@ -653,7 +758,7 @@ def predict_chunks(
     threshold: float | None = None,
     batch_size: int = 8,
     device: str | torch.device = "cpu",
-    tile_size: int = 512,
+    tile_size: int | str = 512,
     tile_overlap: int = 32,
     link: bool = False,
     search_range_px: float | None = None,
@@ -699,6 +804,16 @@ def predict_chunks(
     chunk = int(chunk_frames) if chunk_frames is not None else max(DEFAULT_CHUNK_FRAMES, int(batch_size))
     if chunk < 1:
         raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    if isinstance(tile_size, str) and tile_size == "auto":  # the largest tile the memory budget allows
+        tile_size = (
+            auto_tile_size(
+                _TaskModel(model, task, model_cfg), frames.frame_shape, None, batch_size, min(chunk, frames.n)
+            )  # fmt: skip
+            if rule.fully_convolutional
+            else 512
+        )
+    elif isinstance(tile_size, str) or not int(tile_size) >= 1:
+        raise ValueError(f"tile_size must be a number of pixels >= 1 or 'auto', got {tile_size!r}")
     thr = float(threshold if threshold is not None else pp.get("threshold", 0.5))
     dihedral = _use_dihedral(task, test_time_augmentation)
     try:
@@ -851,7 +966,7 @@ def predict(
     threshold: float | None = None,
     batch_size: int = 8,
     device: str | torch.device = "cpu",
-    tile_size: int = 512,
+    tile_size: int | str = 512,
     tile_overlap: int = 32,
     link: bool = False,
     search_range_px: float | None = None,
@@ -881,8 +996,9 @@ def predict(
         Frames (or tiles) per forward pass.
     device : str
         ``cpu``, ``cuda``...
-    tile_size, tile_overlap : int
-        Images larger than ``tile_size`` are processed in overlapping tiles.
+    tile_size, tile_overlap : int (or ``"auto"``), int
+        Images larger than ``tile_size`` are processed in overlapping tiles; ``"auto"``: the largest
+        tile the memory budget allows (:func:`auto_tile_size`), the whole frame when it fits.
     link : bool
         Link the thresholded detections of all frames into tracks (adds ``track_id``).
     search_range_px, memory : float, int or None

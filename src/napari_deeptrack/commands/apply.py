@@ -94,10 +94,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument(
         "--tile-size",
-        type=int,
-        default=512,
+        type=_tile_size,
+        default="auto",
         metavar="PX",
-        help="frames larger than this run in overlapping tiles",
+        help="frames larger than this run in overlapping tiles, merged without seams; 'auto' (default): "
+        "the largest tile that fits the memory budget (NAPARI_DEEPTRACK_MEMORY_GB), the whole frame when "
+        "it fits",
     )
     p.add_argument(
         "--chunk-frames",
@@ -128,6 +130,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "(NAPARI_DEEPTRACK_MAX_HOURS)",
     )
     return p
+
+
+def _tile_size(text: str):
+    """``--tile-size``: 'auto' or a number of pixels >= 16."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number of pixels, got {text!r}") from None
+    if v < 16:
+        raise argparse.ArgumentTypeError(f"tile size must be >= 16 px, got {v}")
+    return v
 
 
 def _check_time(args, bundle, images, px) -> None:
@@ -223,6 +238,7 @@ def run(args) -> int:
         "frames": int(images.shape[0]),
         "detections": int(len(res.detections)),
         "results": str(out),
+        "tile_size": res.info.get("tile_size"),
     }
     counts_path = args.counts_out
     if counts_path is None and res.kind == "counting":
