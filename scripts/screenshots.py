@@ -6,11 +6,16 @@ A 1400 x 900 napari window; the sample data set *Fluorescent particles movie + g
 from File > Open Sample; every widget opened from Plugins > DeepTrack (``add_plugin_dock_widget``,
 so each gets napari's proxy of the viewer, as for a user) and driven through its buttons:
 
-1. Simulate: Match to layer, Preview, "compare side by side".
+1. Simulate: Match to layer (the estimates table), Preview, "compare side by side" with the
+   sim-vs-real distance per component.
 2. Train: the particles-2d preset on the matched simulation (a few epochs).
 3. Apply: the model just trained on the movie (detections coloured by probability, tracks, counts).
 4. Review: a corrected copy (here: the ground truth) scored against the model and trackpy.
 5. Diffusion (MSD): the ensemble MSD of the tracks and the diffusion coefficient.
+6. Apply on a dark copy of the movie: the coverage warning offers its fix ("Re-match polarity"); the fix
+   opens Simulate and matches the dark layer (apply_fix.png).
+
+``--only simulate.png,apply_fix.png`` saves only those (the other steps still run, unsaved).
 """
 
 from __future__ import annotations
@@ -39,7 +44,12 @@ def settle(app, n=30):
         time.sleep(0.01)
 
 
+ONLY: set[str] = set()
+
+
 def shot(viewer, app, name):
+    if ONLY and name not in ONLY:
+        return
     settle(app)
     OUT.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(str(OUT / name), canvas_only=False)
@@ -62,7 +72,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=40, help="training steps per epoch")
     p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--only", default="", help="comma-separated image names to save (default: all)")
     args = p.parse_args()
+    ONLY.update(n.strip() for n in args.only.split(",") if n.strip())
     torch.manual_seed(0)
     torch.set_num_threads(1)
     app = QApplication.instance() or QApplication([])
@@ -82,6 +94,7 @@ def main() -> None:
     wait(app, lambda: sim.last_result is not None and sim._worker is None)
     sim.compare.value = True
     viewer.reset_view()
+    sim.scroll_area.verticalScrollBar().setValue(0)
     shot(viewer, app, "simulate.png")
     sim.compare.value = False  # restores the grid and the camera
     viewer.layers["DeepTrack simulation"].visible = False
@@ -124,6 +137,21 @@ def main() -> None:
         msd.run_btn.native.click()
         wait(app, lambda: msd.worker is None)
     shot(viewer, app, "diffusion.png")
+
+    # 6. A dark copy of the movie: the coverage warning and its fix
+    for layer in list(viewer.layers):
+        layer.visible = False
+    data = np.asarray(image.data, dtype=np.float32)
+    dark = viewer.add_image(float(data.max()) - data, name="dark copy", scale=image.scale, units=image.units)
+    apply_dock, _ = open_widget(viewer, "Apply")
+    apply.layer.value = dark
+    apply.run_btn.native.click()
+    wait(app, lambda: apply.worker is None)
+    apply.scroll_area.ensureWidgetVisible(apply.fix_btn.native)
+    viewer.reset_view()
+    shot(viewer, app, "apply_fix.png")
+    apply.fix_btn.native.click()
+    wait(app, lambda: sim._match_worker is None and sim.calibration is not None)
     viewer.close()
 
 

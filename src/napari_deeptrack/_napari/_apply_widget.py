@@ -1,8 +1,10 @@
 """Apply dock widget: run a bundle (or the model just trained) on an image layer.
 
-All frames are read on the main thread, then predicted in chunks inside a worker (the core's chunk
-iterator) that yields after every chunk (progress; Cancel stops at the next chunk and writes
-nothing). Results go to named layers
+Frames are validated on the main thread, then predicted in chunks inside a worker (the core's chunk
+iterator) that yields after every chunk (progress). Cancel stops after the chunk in progress and the
+chunks already finished are merged, linked and written to the layers as a normal run (the status says
+how many frames). The tile size is chosen from the memory estimate unless the user sets one. Results
+go to named layers
 that keep the source layer's scale, translate and units, updated (not duplicated) on every run:
 
 - ``DeepTrack detections`` Points: every detection with its features (probability, frame, z, radius,
@@ -17,11 +19,14 @@ that keep the source layer's scale, translate and units, updated (not duplicated
 - ``DeepTrack output`` Image for image-to-image models and density maps.
 
 Before running, the widget warns when the layer's pixel size or statistics fall outside what the
-training simulation covered (:func:`napari_deeptrack.analysis.calibrate.coverage_warnings`).
+training simulation covered (:func:`napari_deeptrack.analysis.calibrate.coverage_warnings`), and
+offers the fix: "Re-match polarity / noise / ... on this layer" asks the Simulate widget (through the
+viewer's session) to match the simulation to the layer, ready to retrain.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -53,7 +58,7 @@ from ._layers import (
     write_layer,
 )
 from ._selfsupervised import StarterSource, check_starter_modality, is_starter_choice, starter_choices
-from ._session import ApplyResult, session_for
+from ._session import ApplyResult, MatchRequest, session_for
 from ._threshold import DetectionCache
 
 __all__ = ["ApplyWidget"]
@@ -73,10 +78,15 @@ class ApplyWidget(Container):
         self.bundle_path = FileEdit(label="bundle", mode="r", filter="*.zip *.json")
         self.bundle_info = Label(value="no model loaded")
         self.batch_size = SpinBox(label="frames per batch", value=8, min=1, max=1024)
-        self.tile_size = SpinBox(label="tile size (px)", value=512, min=64, max=8192, step=64)
+        tiles = [("auto (from memory)", 0)] + [
+            (f"{t} px", t) for t in (64, 128, 256, 512, 1024, 2048, 4096, 8192)
+        ]
+        self.tile_size = ComboBox(label="tile size", choices=tiles, value=0)
         self.tile_size.tooltip = (
-            "Frames larger than this run in overlapping tiles, merged without seams (whole slides)."
+            "Frames larger than this run in overlapping tiles, merged without seams (whole slides). "
+            "auto: the largest tile whose forward pass fits the memory budget (sim.budget.estimate_apply)."
         )
+        self.tile_label = Label(value="")
         self.link = CheckBox(label="link tracks (stacks)", value=True)
         self.search_range = FloatSpinBox(label="track search range (px)", value=5.0, min=0.1, max=500.0)
         self.memory = SpinBox(label="memory (frames)", value=0, min=0, max=100)
@@ -94,6 +104,14 @@ class ApplyWidget(Container):
         self.counts_label = Label(value="")
         self.export_btn = PushButton(text="Export counts CSV...")
         self.warnings_label = Label(value="")
+        # coverage warnings come with their fix: re-match the simulation to this layer (Simulate widget)
+        self.fix_btn = PushButton(text="Re-match")
+        self.fix_btn.visible = False
+        self.fix_btn.tooltip = (
+            "Opens the Simulate widget and runs Match to layer on this image; check the estimates, then "
+            "retrain (Train: the Simulate widget's simulation)."
+        )
+        self.status_label = Label(value="")
         # segmentation post-processing, live on the instances (no network run)
         self.min_size = SpinBox(label="min object size (px)", value=0, min=0, max=10**7)
         self.exclude_border = CheckBox(label="drop objects on the border", value=False)
@@ -113,13 +131,16 @@ class ApplyWidget(Container):
                 text_row(self.bundle_info),
                 self.batch_size,
                 self.tile_size,
+                text_row(self.tile_label),
                 self.preview_btn,
                 Container(widgets=[self.run_btn, self.cancel_btn], layout="horizontal", labels=False),
                 self.progress,
+                text_row(self.status_label),
                 self.threshold,
                 text_row(self.counts_label),
                 self.export_btn,
                 text_row(self.warnings_label),
+                self.fix_btn,
             ]
         )
         lay = self.form.native.layout()
@@ -132,6 +153,8 @@ class ApplyWidget(Container):
         self.results: dict | None = None
         self.worker = None
         self.last_warnings: list[str] = []
+        self._warned_layer = ""
+        self._stop = threading.Event()
         self._points_layer = None
         self._tracks_layer = None
         self._labels_layer = None
@@ -149,6 +172,7 @@ class ApplyWidget(Container):
         self.run_btn.changed.connect(self.run)
         self.preview_btn.changed.connect(self.preview_frame)
         self.cancel_btn.changed.connect(self.cancel)
+        self.fix_btn.changed.connect(self.fix_coverage)
         self.threshold.changed.connect(self.apply_threshold)
         for w in (self.min_size, self.exclude_border):
             w.changed.connect(self.apply_threshold)
@@ -247,6 +271,10 @@ class ApplyWidget(Container):
             return None
         px = layer_pixel_size_um(layer)
         self.warnings_label.value = "comparing the layer with the training simulation..."
+        self.fix_btn.visible = False
+        self._warned_layer = layer.name
+        self.status_label.value = f"running on {frames.shape[0]} frame(s)..."
+        self._stop = threading.Event()
         self.progress.max = frames.shape[0]
         self.progress.value = 0
         meta = {
@@ -268,14 +296,17 @@ class ApplyWidget(Container):
                 meta["link"],
                 meta["search_range"],
                 int(self.memory.value) if self.memory.value > 0 else None,
-                int(self.tile_size.value),
+                int(self.tile_size.value) or None,
             ),
             error="Apply failed",
             min_track_length=int(self.min_track_length.value),
+            stop=self._stop,
         )
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda res: self._show(res, bundle, meta))
-        worker.aborted.connect(lambda: notify("Apply cancelled: no layer was changed."))
+        worker.errored.connect(
+            lambda *_: setattr(self.status_label, "value", "Apply failed (see the message).")
+        )
         worker.finished.connect(self._finished)
         self.worker = worker
         self.run_btn.enabled = False
@@ -360,12 +391,55 @@ class ApplyWidget(Container):
                 notify(msg, "warning")
             else:
                 self.warnings_label.value = "the layer is within the training simulation's range"
+            self._offer_fix()
+            return
+        if isinstance(item, tuple) and item and item[0] == "tile":
+            self.tile_label.value = item[1]
             return
         self.progress.value = int(item)
 
     def cancel(self, *_):
+        """Stop after the chunk in progress; the chunks already finished are written to the layers."""
         if self.worker is not None:
-            self.worker.quit()
+            self._stop.set()
+            self.status_label.value = "cancelling after the chunk in progress..."
+
+    # ------------------------------------------------------------------ coverage fixes
+    def _offer_fix(self) -> None:
+        """Coverage warnings come with their fix: a button that re-matches the simulation to the layer."""
+        fixes = coverage_fixes(self.last_warnings)
+        if not fixes:
+            self.fix_btn.visible = False
+            return
+        names = ", ".join(label for label, _ in fixes)
+        self.fix_btn.text = f"Re-match {names} on '{self._warned_layer}'"
+        self.fix_btn.visible = True
+
+    def fix_coverage(self, *_) -> bool:
+        """Ask the Simulate widget (opened if needed) to match the simulation to the warned layer.
+
+        Goes through the viewer's session (widgets never import each other); the Simulate widget runs
+        Match to layer, highlights the estimates the warnings are about, and publishes the matched
+        simulation for the Train widget. Returns whether the request was handed over.
+        """
+        fixes = coverage_fixes(self.last_warnings)
+        if not self._warned_layer:
+            return False
+        focus = [name for _, names in fixes for name in names]
+        request = MatchRequest(self._warned_layer, focus, "; ".join(self.last_warnings))
+        taken = self.session.request_match(request)
+        if not taken:  # no Simulate widget yet: open it (it takes the pending request when it opens)
+            try:
+                self.viewer.window.add_plugin_dock_widget("napari-deeptrack", "Simulate")
+            except Exception as exc:  # noqa: BLE001 - a viewer without a window (headless)
+                notify(f"Open the Simulate widget to re-match: {exc}", "warning")
+                return False
+        self.warnings_label.value = (
+            f"Matching the simulation to '{self._warned_layer}' in the Simulate widget: check the "
+            "highlighted estimates, then retrain (Train: the Simulate widget's simulation) and run again."
+        )
+        self.fix_btn.visible = False
+        return True
 
     def _finished(self):
         self._worker_done = True
@@ -414,9 +488,10 @@ class ApplyWidget(Container):
         self.instances, self._raw_labels = None, None
         det = res.get("detections")
         lead = 0 if was_2d else 1
+        n_frames = res["cancelled"][0] if res.get("cancelled") else meta["n_frames"]
         if det is not None:
             det = det.reset_index(drop=True)
-            self.cache = DetectionCache(det, meta["n_frames"])
+            self.cache = DetectionCache(det, n_frames)
             coords = (
                 det[(["frame"] if lead else []) + ["y", "x"]].to_numpy(dtype=float)
                 if len(det)
@@ -518,7 +593,16 @@ class ApplyWidget(Container):
             )
         )
         summary = self.counts_label.value if self.instances is not None else res.get("summary", "")
-        notify(f"Apply finished: {summary}")
+        if res.get("cancelled"):
+            done, asked = res["cancelled"]
+            self.status_label.value = (
+                f"Cancelled after {done} of {asked} frames: the results of frames 0-{done - 1} are in the "
+                "layers (Run again for all frames)."
+            )
+            notify(f"Apply cancelled: {summary}")
+        else:
+            self.status_label.value = f"Done: {res.get('summary', '')}"
+            notify(f"Apply finished: {summary}")
 
     # ------------------------------------------------------------------ threshold & counts
     def apply_threshold(self, *_):
@@ -640,9 +724,10 @@ def _default_min_area(task) -> int:
     return 10
 
 
-def _apply_job(bundle, frames, pixel_size_um, predict_args: tuple, min_track_length: int = 1):
-    """Worker: the coverage check (seconds on big stacks, so not on the main thread), the prediction
-    (yields frames done) and, for segmentation, the instance table the live filters act on."""
+def _apply_job(bundle, frames, pixel_size_um, predict_args: tuple, min_track_length: int = 1, stop=None):
+    """Worker: the coverage check (seconds on big stacks, so not on the main thread), the automatic
+    tile size, the prediction (yields frames done; ``stop`` set: ends after the chunk in progress with
+    the finished chunks) and, for segmentation, the instance table the live filters act on."""
     try:
         from ..analysis.calibrate import coverage_warnings
 
@@ -650,7 +735,12 @@ def _apply_job(bundle, frames, pixel_size_um, predict_args: tuple, min_track_len
     except Exception as exc:  # noqa: BLE001 - a failed check must not block applying
         warnings = [f"could not compare with the training simulation: {exc}"]
     yield ("warnings", warnings)
-    out = yield from predict_chunks(bundle, frames, *predict_args)
+    predict_args = list(predict_args)
+    if predict_args[5] is None:  # tile size: automatic from the memory estimate
+        tile, note = auto_tile_size(bundle, tuple(frames.shape[-2:]), int(predict_args[0]))
+        predict_args[5] = tile
+        yield ("tile", note)
+    out = yield from predict_chunks(bundle, frames, *predict_args, stop=stop)
     det = out.get("detections")
     if min_track_length > 1 and det is not None and "track_id" in det and len(det):
         # trackpy's filter_stubs: short tracks are not tracks (their detections stay, unlinked: -1)
@@ -721,9 +811,13 @@ def predict_chunks(
     search_range_px: float | None = None,
     memory: int | None = None,
     tile_size: int = 512,
+    stop: threading.Event | None = None,
 ):
     """Worker generator over the core's :func:`~napari_deeptrack.analysis.predict.predict_chunks`:
     yields frames done after every chunk, returns the merged, thresholded, linked results as layer data.
+
+    When ``stop`` is set (Cancel), the run ends after the chunk in progress and returns the chunks
+    finished so far, merged and linked the same way (``info["cancelled"]``: frames done, frames asked).
 
     The same call as ``napari-deeptrack apply`` (same threshold, linking after thresholding, the
     task's linking memory), so the widget and the command line give the same detections and tracks.
@@ -745,12 +839,78 @@ def predict_chunks(
         tile_size=int(tile_size),
         keep_maps=kind_rule(bundle.task.kind).maps_are_images,
     )
+    parts = []
     while True:
         try:
             part = next(gen)
         except StopIteration as done:
             return _layer_data(done.value)
+        parts.append(part)
         yield part.stop
+        if stop is not None and stop.is_set() and part.stop < len(frames):
+            gen.close()
+            return _layer_data(
+                _partial_result(bundle, parts, len(frames), threshold, link, search_range_px, memory)
+            )
+
+
+def _partial_result(bundle, parts: list, n_asked: int, threshold, link, search_range_px, memory):
+    """The chunks finished before Cancel as one :class:`PredictionResult` (frames ``0:done``), linked
+    over those frames as a full run would (the core's ``link_detections``)."""
+    from ..analysis.predict import PredictionResult, link_detections
+
+    task = bundle.task
+    done = int(parts[-1].stop) if parts else 0
+    det = pd.concat([p.detections for p in parts], ignore_index=True) if parts else pd.DataFrame()
+    info = {
+        "threshold": float(
+            threshold if threshold is not None else (task.postprocess or {}).get("threshold", 0.5)
+        ),
+        "n_frames": done,
+        "cancelled": [done, int(n_asked)],
+    }
+    if link and len(det) and done > 1:
+        det, _, _, settings = link_detections(task, det, done, search_range_px, memory)
+        info.update(settings)
+
+    def cat(name):
+        chunks = [getattr(p, name) for p in parts if getattr(p, name) is not None]
+        return np.concatenate(chunks) if chunks else None
+
+    return PredictionResult(
+        kind=task.kind,
+        detections=det,
+        maps=cat("maps"),
+        labels=cat("labels"),
+        counts=cat("counts"),
+        info=info,
+    )
+
+
+def auto_tile_size(bundle, frame_shape: tuple[int, int], batch_size: int, budget: int | None = None):
+    """The tile size Apply uses when "auto": the whole frame if its forward pass (``batch_size`` frames)
+    fits the memory budget, else the largest of 4096, 2048, ... 128 px that does
+    (:func:`napari_deeptrack.sim.budget.estimate_apply`). Returns ``(tile_px, note for the widget)``."""
+    from ..sim.budget import estimate_apply, format_bytes, memory_budget
+
+    budget = memory_budget() if budget is None else int(budget)
+    h, w = (int(v) for v in frame_shape[-2:])
+    cfg = (bundle.config or {}).get("model") or getattr(bundle.task, "model", None)
+    model = cfg if isinstance(cfg, dict) and cfg.get("type") not in (None, "custom") else bundle.model
+    whole = -(-max(h, w) // 64) * 64
+    sizes = [whole] + [t for t in (4096, 2048, 1024, 512, 256, 128) if t < whole]
+    fixed = int(batch_size) * h * w * 4 * 5  # the chunk's input, normalised input, outputs (full frames)
+    est = None
+    for tile in sizes:
+        try:
+            est = estimate_apply(model, (1, min(tile, h), min(tile, w)), int(batch_size), int(batch_size))
+        except ValueError:  # a model config the estimate cannot read: keep the classic tile
+            return 512, "tile size auto: 512 px (no memory estimate for this model)"
+        if est.bytes + fixed <= budget:
+            break
+    need = format_bytes(est.bytes + fixed) if est is not None else "?"
+    what = "whole frames, no tiling" if tile >= max(h, w) else f"tiles of {tile} px"
+    return int(tile), f"tile size auto: {what} (estimated {need} of the {format_bytes(budget)} budget)"
 
 
 def _layer_data(res) -> dict:
@@ -772,4 +932,29 @@ def _layer_data(res) -> dict:
         if det is not None
         else f"{n_frames} frame(s)"
     )
+    if res.info.get("cancelled"):
+        done, asked = res.info["cancelled"]
+        out["cancelled"] = (int(done), int(asked))
+        out["summary"] = (
+            f"cancelled after {done} of {asked} frames; the results of frames 0-{done - 1} are in the "
+            f"layers ({out['summary']})"
+        )
+    return out
+
+
+#: what a coverage warning is about -> (button wording, the calibration estimates to look at)
+_FIXES = (
+    ("polarity", "polarity", ["polarity"]),
+    ("noise", "noise", ["background", "noise_sigma", "photons_per_grey"]),
+    ("spot width", "spot width", ["spot_sigma_px"]),
+    ("pixel size", "pixel size", ["pixel_size_um"]),
+)
+
+
+def coverage_fixes(warnings: list[str]) -> list[tuple[str, list[str]]]:
+    """The fixes the coverage ``warnings`` call for: ``[(what to re-match, estimate names)]``."""
+    out = []
+    for key, label, names in _FIXES:
+        if any(key in w.lower() for w in warnings) and label not in [x for x, _ in out]:
+            out.append((label, names))
     return out

@@ -13,6 +13,11 @@ The session holds
 
 Each has a signal (``simulation_changed``, ``model_changed``, ``result_changed``) that widgets subscribe
 to; widgets never import each other. No Qt here (psygnal only).
+
+A widget can also ask for a fix another widget provides: :meth:`Session.request_match` (Apply's coverage
+warnings: "Re-match polarity on this layer") emits ``match_requested`` with a :class:`MatchRequest`;
+the Simulate widget takes it (:meth:`Session.take_match_request`), selects the layer and runs Match to
+layer. A request nobody has taken yet stays ``pending_match`` until a Simulate widget opens.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 
 from psygnal import Signal
 
-__all__ = ["ApplyResult", "Session", "session_for", "unwrap_viewer"]
+__all__ = ["ApplyResult", "MatchRequest", "Session", "session_for", "unwrap_viewer"]
 
 
 @dataclass
@@ -37,12 +42,26 @@ class ApplyResult:
     layers: list[str] = field(default_factory=list)
 
 
+@dataclass
+class MatchRequest:
+    """A request to match the simulation to a layer (from Apply's coverage warnings).
+
+    ``focus``: the estimates the warning is about (``polarity``, ``noise_sigma``...), highlighted in the
+    Simulate widget's table; ``reason``: the warning, shown there.
+    """
+
+    layer_name: str
+    focus: list[str] = field(default_factory=list)
+    reason: str = ""
+
+
 class Session:
     """Shared state of the plugin's widgets in one viewer (see the module docstring)."""
 
     simulation_changed = Signal(object)
     model_changed = Signal(object)
     result_changed = Signal(object)
+    match_requested = Signal(object)
 
     def __init__(self) -> None:
         self.simulation = None
@@ -51,6 +70,7 @@ class Session:
         self.model = None
         self.model_origin = ""
         self.result: ApplyResult | None = None
+        self.pending_match: MatchRequest | None = None
 
     def set_simulation(self, pipeline, origin: str = "", matched: bool | None = None) -> None:
         """Publish the Simulate form's pipeline (``None``: the form does not describe a valid one)."""
@@ -69,6 +89,18 @@ class Session:
     def set_result(self, result: ApplyResult) -> None:
         self.result = result
         self.result_changed.emit(result)
+
+    def request_match(self, request: MatchRequest) -> bool:
+        """Ask the Simulate widget to match the simulation to a layer. Returns whether a widget took it
+        (False: it waits in ``pending_match`` for the next Simulate widget that opens)."""
+        self.pending_match = request
+        self.match_requested.emit(request)
+        return self.pending_match is None
+
+    def take_match_request(self) -> MatchRequest | None:
+        """The pending request, removed from the session (the Simulate widget handles it)."""
+        request, self.pending_match = self.pending_match, None
+        return request
 
 
 _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

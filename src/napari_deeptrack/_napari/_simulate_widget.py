@@ -1,11 +1,15 @@
 """Simulate dock widget: describe the microscope and sample, match them to a real layer, preview.
 
-The form builds a :class:`~napari_deeptrack.sim.Pipeline` (:meth:`SimulateWidget.build_pipeline`);
-"Match to layer" calls :func:`napari_deeptrack.analysis.calibrate.match_pipeline` on the selected
-image and fills the form with the result (every value stays editable). The preview is simulated in a
-worker thread, debounced, and shown beside the real image (napari grid) or over it, with the same
-frame shape (H, W), scale and contrast limits (one frame, shown at every time point of a stack),
-together with the sim-vs-real statistics distance.
+The form builds a :class:`~napari_deeptrack.sim.Pipeline` (:meth:`SimulateWidget.build_pipeline`).
+"Match to layer" measures on the selected image what the form's simulation family can learn from it
+(:func:`napari_deeptrack.analysis.match.calibrate`, in a helper process: ``_compute``) and shows every
+estimate in a table (parameter | value | +- | unit | from, ``_estimates``); editing a value re-applies the
+calibration (:func:`~napari_deeptrack.analysis.match.apply_calibration`) and the preview follows. The
+preview is simulated off the main thread, debounced, and shown beside the real image (a "compare" grid
+toggle) or over it, with the same frame shape (H, W), scale and contrast limits, together with the
+per-component sim-vs-real distance and coverage verdict
+(:func:`~napari_deeptrack.analysis.realism.sim_real_distance`). Apply's coverage warnings ask for a new
+match through the viewer's session (``match_requested``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label,
 from qtpy.QtCore import QTimer
 
 from ._dock import collapsible, scroll_form, text_row
+from ._estimates import EstimatesTable, coverage_html
 from ._layers import (
     InputError,
     image_frames,
@@ -30,6 +35,7 @@ from ._layers import (
     widget_alive,
     write_layer,
 )
+from ._numbers import SigFloatSpinBox, format_number
 from ._session import session_for
 
 __all__ = ["PREVIEW_ROLE", "SimulateWidget"]
@@ -89,16 +95,17 @@ class SimulateWidget(Container):
         self.count_min = SpinBox(label="count min", value=5, min=0, max=10000)
         self.count_max = SpinBox(label="count max", value=15, min=0, max=10000)
         self.radius_um = FloatSpinBox(label="radius (um)", value=0.5, min=0.01, max=50.0, step=0.05)
-        self.intensity_min = FloatSpinBox(label="photons min", value=500.0, min=0.0, max=1e8, step=100)
-        self.intensity_max = FloatSpinBox(label="photons max", value=1500.0, min=0.0, max=1e8, step=100)
+        self.intensity_min = SigFloatSpinBox(label="photons min", value=500.0, min=0.0, max=1e8, step=100)
+        self.intensity_max = SigFloatSpinBox(label="photons max", value=1500.0, min=0.0, max=1e8, step=100)
         self.particle_index = FloatSpinBox(label="particle index", value=1.5, min=1.0, max=3.0, step=0.01)
         self.z_min_um = FloatSpinBox(label="z min (um)", value=0.0, min=-100.0, max=100.0, step=0.1)
         self.z_max_um = FloatSpinBox(label="z max (um)", value=0.0, min=-100.0, max=100.0, step=0.1)
         # noise
-        self.background = FloatSpinBox(label="background (photons)", value=20.0, min=0.0, max=1e7)
+        self.background = SigFloatSpinBox(label="background (photons)", value=20.0, min=0.0, max=1e7)
         self.shot_noise = CheckBox(label="shot noise (Poisson)", value=True)
-        self.read_noise = FloatSpinBox(label="read noise (grey values)", value=0.0, min=0.0, max=1e5)
-        self.gain = FloatSpinBox(label="camera gain (grey/photon)", value=1.0, min=1e-6, max=1e4, step=0.1)
+        self.read_noise = SigFloatSpinBox(label="read noise (grey values)", value=0.0, min=0.0, max=1e5)
+        # significant digits, scientific when small: a matched gain of 2.3e-05 must not read 0.000023
+        self.gain = SigFloatSpinBox(label="camera gain (grey/photon)", value=1.0, min=1e-9, max=1e4, step=0.1)
         # preview
         self.auto_preview = CheckBox(label="live preview", value=True)
         self.compare = CheckBox(label="compare side by side (grid view)", value=False)
@@ -110,7 +117,14 @@ class SimulateWidget(Container):
         self.load_btn = PushButton(text="Load JSON...")
         self.export_btn = PushButton(text="Export Python...")
         self.stats_label = Label(value="sim vs real distance: -")
+        self.stats_label.tooltip = (
+            "Each component is 0 for identical images; above its limit it is a mismatch worth fixing "
+            "(analysis.realism.sim_real_distance). The verdict drives Apply's coverage warnings."
+        )
         self.match_label = Label(value="")
+        self.estimates = EstimatesTable(self._estimate_edited)
+        self.reset_estimates_btn = PushButton(text="Reset edited estimates")
+        self.reset_estimates_btn.visible = False
         self.memory_label = Label(value="")
         _set_decimals(
             {
@@ -123,9 +137,6 @@ class SimulateWidget(Container):
                 self.particle_index: 4,
                 self.z_min_um: 3,
                 self.z_max_um: 3,
-                self.background: 3,
-                self.read_noise: 4,
-                self.gain: 6,
                 self.aberration_rad: 3,
             }
         )
@@ -148,6 +159,10 @@ class SimulateWidget(Container):
                 self.layer,
                 Container(widgets=[self.match_btn, self.preview_btn], layout="horizontal", labels=False),
                 text_row(self.match_label),
+                self.reset_estimates_btn,
+                self.compare,
+                text_row(self.stats_label),
+                text_row(self.memory_label),
                 self.modality,
                 Label(value="<b>Optics</b>"),
                 self.NA,
@@ -166,16 +181,14 @@ class SimulateWidget(Container):
                 self.background,
                 Label(value="<b>Preview</b>"),
                 self.auto_preview,
-                self.compare,
                 self.seed,
-                text_row(self.stats_label),
-                text_row(self.memory_label),
                 Container(
                     widgets=[self.save_btn, self.load_btn, self.export_btn], layout="horizontal", labels=False
                 ),
             ]
         )
         lay = self.form.native.layout()
+        lay.insertWidget(lay.indexOf(self.match_label.native.parent()) + 1, self.estimates.native)
         lay.insertWidget(lay.indexOf(self.pixel_size_um.native.parent()) + 1, optics_box)
         lay.insertWidget(lay.indexOf(self.background.native.parent()) + 1, noise_box)
         scroll_form(self, self.form)
@@ -184,6 +197,10 @@ class SimulateWidget(Container):
         self.last_result: dict | None = None
         self._worker = None
         self._match_worker = None
+        self.calibration = None  # the last Match's estimates (analysis.match.Calibration)
+        self._match_template = None  # the form's pipeline Match calibrated (edits re-apply to it)
+        self._match_layer_name = ""
+        self.edited_estimates: dict = {}
         self._filling = False
         self._pending = False
         self._timer = QTimer()
@@ -191,6 +208,8 @@ class SimulateWidget(Container):
         self._timer.setInterval(300)
         self._timer.timeout.connect(self.preview)
         self.match_btn.changed.connect(self.match_to_layer)
+        self.reset_estimates_btn.changed.connect(self.reset_estimates)
+        self.session.match_requested.connect(self._match_requested)
         self.preview_btn.changed.connect(self.preview)
         self.save_btn.changed.connect(lambda: self.save_config())
         self.load_btn.changed.connect(lambda: self.load_config())
@@ -202,6 +221,8 @@ class SimulateWidget(Container):
         self.modality.changed.connect(self._particle_for_modality)
         for ev in ("inserted", "removed", "reordered"):
             getattr(napari_viewer.layers.events, ev).connect(self._refresh_layers)
+        if self.session.pending_match is not None:  # opened by Apply's "Re-match" fix
+            QTimer.singleShot(0, self._match_requested)
 
     # ------------------------------------------------------------------ layers
     def _image_choices(self, _=None):
@@ -262,14 +283,15 @@ class SimulateWidget(Container):
         self.session.set_simulation(pipeline, origin=origin, matched=matched)
 
     # ------------------------------------------------------------------ pipeline <-> form
-    def build_pipeline(self, image_shape: tuple[int, int] | None = None):
-        """The simulation described by the form (``image_shape`` defaults to the selected layer's)."""
+    def build_pipeline(self, image_shape: tuple[int, int] | None = None, modality: str | None = None):
+        """The simulation described by the form (``image_shape`` defaults to the selected layer's;
+        ``modality`` replaces the form's, with spheres for coherent optics)."""
         from .. import sim
 
         if image_shape is None:
             layer = self.layer.value
             image_shape = tuple(layer.data.shape[-2:]) if layer is not None and not layer.rgb else (128, 128)
-        mod = self.modality.value
+        mod = modality or self.modality.value
         optics_kwargs = {
             "NA": self.NA.value,
             "wavelength_um": self.wavelength_um.value,
@@ -292,6 +314,8 @@ class SimulateWidget(Container):
         }[mod]
         optics = _make(getattr(sim, optics_cls), **optics_kwargs)
         kind = self.particle.value
+        if kind == "point" and mod in ("brightfield", "holography"):
+            kind = "sphere"
         n_p = self.particle_index.value
         if kind == "point":
             scatterer = sim.PointParticle()
@@ -387,10 +411,13 @@ class SimulateWidget(Container):
 
     # ------------------------------------------------------------------ match
     def match_to_layer(self, *_):
-        """Estimate pixel size, PSF width, background, noise, density, polarity from the selected layer.
+        """Measure on the selected layer what the form's simulation family can learn from it.
 
-        The frames are validated here; the estimation runs in a worker (seconds on a large stack) and
-        fills the form when it returns. Returns the worker (or None when the input is refused).
+        The frames are validated here; the calibration (:func:`napari_deeptrack.analysis.match.calibrate`)
+        runs in a helper process (``_compute``: scipy there cannot stall napari), waited for by a worker
+        thread. When it returns, the estimates fill the table (editable) and the form. Dark particles
+        with a fluorescence form are calibrated as bright field (spheres), the family that can measure
+        their radius, rings and defocus. Returns the worker (or None when the input is refused).
         """
         if self._match_worker is not None:
             notify("Match to layer is already running.", "warning")
@@ -399,12 +426,19 @@ class SimulateWidget(Container):
         try:
             frames, _ = image_frames(layer, what="Match to layer")
             px = layer_pixel_size_um(layer)
-            template = self.build_pipeline(frames.shape[-2:])
-        except (InputError, ValueError) as exc:
+            shape = frames.shape[-2:]
+            template = self.build_pipeline(shape)
+            dark_template = None
+            if self.modality.value == "fluorescence":
+                dark_template = self.build_pipeline(shape, modality="brightfield")
+        except (InputError, ValueError, TypeError) as exc:
             notify(str(exc), "error")
             return None
         self.match_label.value = f"matching '{layer.name}'..."
-        worker = start_worker(_match, template, frames, px, error="Match to layer failed")
+        source = "the layer's scale" if px else "unknown"
+        worker = start_worker(
+            _match, template, dark_template, frames, px, source, error="Match to layer failed"
+        )
         worker.returned.connect(lambda out: self._matched(out, layer.name, px))
         worker.errored.connect(lambda *_: setattr(self.match_label, "value", ""))
         worker.finished.connect(lambda: setattr(self, "_match_worker", None))
@@ -413,24 +447,87 @@ class SimulateWidget(Container):
         return worker
 
     def _matched(self, out: tuple, layer_name: str, px: float | None) -> None:
-        matched, stats = out
+        if not widget_alive(self):
+            return
+        template, cal = out
+        self.calibration = cal
+        self._match_template = template
+        self._match_layer_name = layer_name
+        self.edited_estimates = {}
+        self._fill_from_calibration()
+        stats = cal.stats
+        sigma = f"{stats.spot_sigma_px:.2f} px" if stats.spot_sigma_px else "no spots found"
+        pixel = f"pixel {format_number(px)} um" if px else "pixel size unknown: enter it above"
+        self.match_label.value = (
+            f"{cal.family} estimates from '{layer_name}' ({pixel}; spot sigma {sigma}, "
+            f"{stats.spots_per_frame:.0f} spots/frame, {stats.polarity} particles). "
+            "Double-click a value to edit it."
+        )
+        notify(
+            f"Simulation matched to '{layer_name}' ({cal.family}): "
+            + ", ".join(f"{e.name} {_short(e)}" for e in cal.estimates[:6])
+        )
+
+    def _fill_from_calibration(self) -> None:
+        """Write the calibration (with the user's edits) into the form, the table and the session."""
+        from ..analysis.match import apply_calibration
+
+        cal = self.calibration.with_overrides(self.edited_estimates)
+        matched = apply_calibration(self._match_template, cal, match_shape=True)
+        self.estimates.show_calibration(cal, self.edited_estimates)
+        self.reset_estimates_btn.visible = bool(self.edited_estimates)
         self._filling = True
         try:
             self.set_pipeline(matched)
-            if stats.polarity == "dark" and self.modality.value == "fluorescence":
+            if cal.get("polarity") == "dark" and self.modality.value == "fluorescence":
                 self.modality.value = "brightfield"
             self._particle_for_modality()
         finally:
             self._filling = False
-        sigma = f"{stats.spot_sigma_px:.2f} px" if stats.spot_sigma_px else "no spots found"
-        pixel = f"pixel {px:.4g} um" if px else "pixel size unknown: enter it above"
-        self.match_label.value = (
-            f"{pixel}, spot sigma {sigma}, background {stats.background:.4g}, noise "
-            f"{stats.noise_sigma:.3g}, {stats.spots_per_frame:.0f} spots/frame, {stats.polarity} particles"
-        )
         self.publish(matched=True)
         self._parameters_changed()
-        notify(f"Simulation matched to '{layer_name}': {self.match_label.value}")
+
+    def _estimate_edited(self, name: str, value) -> None:
+        """An estimate edited in the table: re-apply the calibration; the preview follows (debounced)."""
+        if self.calibration is None:
+            return
+        edits = {**self.edited_estimates, name: value}
+        try:
+            self.calibration.with_overrides(edits)
+            if name == "polarity" and value not in ("bright", "dark"):
+                raise ValueError("polarity is 'bright' or 'dark'")
+        except ValueError as exc:
+            notify(f"Estimate not changed: {exc}", "error")
+            self.estimates.show_calibration(
+                self.calibration.with_overrides(self.edited_estimates), self.edited_estimates
+            )
+            return
+        self.edited_estimates = edits
+        self._fill_from_calibration()
+
+    def reset_estimates(self, *_) -> None:
+        """Back to the measured estimates (drop the user's edits)."""
+        if self.calibration is None:
+            return
+        self.edited_estimates = {}
+        self._fill_from_calibration()
+
+    def _match_requested(self, request=None) -> None:
+        """Another widget (Apply's coverage warnings) asked to match the simulation to a layer."""
+        if not widget_alive(self):
+            return
+        request = self.session.take_match_request()
+        if request is None:
+            return
+        layer = next((lyr for _, lyr in self._image_choices() if lyr.name == request.layer_name), None)
+        if layer is None:
+            notify(f"Cannot match: no image layer named '{request.layer_name}'.", "error")
+            return
+        self._refresh_layers()
+        self.layer.value = layer
+        worker = self.match_to_layer()
+        if worker is not None and request.focus:
+            worker.returned.connect(lambda *_: widget_alive(self) and self.estimates.highlight(request.focus))
 
     def _particle_for_modality(self, *_) -> None:
         """Coherent optics (bright-field, holography) cannot image point particles: use spheres."""
@@ -465,8 +562,10 @@ class SimulateWidget(Container):
             "source": layer,
             "contrast_limits": tuple(layer.contrast_limits) if layer is not None else None,
         }
+        from ._compute import simulate_preview
+
         worker = start_worker(
-            _simulate_preview, pipeline, n, int(self.seed.value), frames, error="Simulation failed"
+            simulate_preview, pipeline, n, int(self.seed.value), frames, error="Simulation failed"
         )
         worker.returned.connect(lambda result: self._show_preview(result, meta))
         worker.finished.connect(self._preview_done)
@@ -495,15 +594,7 @@ class SimulateWidget(Container):
         self.last_result = result
         cmp = result.get("comparison")
         if cmp is not None:
-            verdict = (
-                "covers the data"
-                if cmp["distance"] < 0.2
-                else ("close" if cmp["distance"] < 0.5 else "far from the data")
-            )
-            self.stats_label.value = (
-                f"sim vs real distance: {cmp['distance']:.3f} ({verdict}); histogram {cmp['histogram']:.2f}, "
-                f"noise {cmp['noise']:.2f}, spot width {cmp['spot_width']:.2f}"
-            )
+            self.stats_label.value = coverage_html(cmp)
         else:
             self.stats_label.value = "sim vs real distance: - (no real image selected)"
         if self.compare.value:
@@ -613,13 +704,21 @@ def _warm_imports() -> None:
     from ..sim import budget  # noqa: F401
 
 
-def _match(template, frames: np.ndarray, px: float | None):
-    """Worker: statistics of the real frames and the pipeline matched to them (no layer access)."""
-    from ..analysis.calibrate import estimate_statistics, match_pipeline
+def _match(template, dark_template, frames: np.ndarray, px: float | None, pixel_source: str):
+    """Worker thread: calibrate in the helper process (no layer access). Dark particles and a
+    fluorescence form: calibrated again as bright field (``dark_template``). Returns (template, cal)."""
+    from ._compute import calibrate_layer
 
-    stats = estimate_statistics(frames, px)
-    matched = match_pipeline(template, frames, px, stats=stats, match_shape=True)
-    return matched, stats
+    cal = calibrate_layer(template, frames, px, pixel_source)
+    if dark_template is not None and cal.get("polarity") == "dark":
+        template = dark_template
+        cal = calibrate_layer(template, frames, px, pixel_source, stats=cal.stats)
+    return template, cal
+
+
+def _short(estimate) -> str:
+    value = estimate.value if isinstance(estimate.value, str) else format_number(estimate.value, 3)
+    return f"{value} {estimate.unit}".rstrip()
 
 
 def preview_contrast_limits(data: np.ndarray, real_limits=None) -> tuple[float, float]:
@@ -643,22 +742,3 @@ def _set_decimals(widgets: dict) -> None:
         value = w.value
         w.native.setDecimals(int(decimals))
         w.value = value
-
-
-def _simulate_preview(pipeline, n: int, seed: int, frames: np.ndarray | None) -> dict:
-    """Worker: simulate ``n`` images and compare them with the real frames (no layer access here)."""
-    import torch
-
-    from ..analysis.calibrate import compare_statistics
-    from ..sim.serialize import to_json
-
-    with torch.no_grad():
-        batch = pipeline(n, seed=seed)
-    images = batch.image[:, 0].detach().cpu().numpy().astype(np.float32)
-    out = {"images": images, "pipeline_json": to_json(pipeline, indent=None)}
-    if frames is not None:
-        try:
-            out["comparison"] = compare_statistics(images, frames)
-        except ValueError:
-            out["comparison"] = None
-    return out
