@@ -3,7 +3,11 @@
 :func:`instance_labels` thresholds a foreground probability map, seeds one marker per object at the
 maxima of the distance to the background (or at given seed points, e.g. detections), and grows the
 markers with scikit-image's watershed on the inverted distance, so touching objects are split
-along their neck. All frames of a stack are labelled in one call (frames are never connected).
+along their neck. With ``seed_h_px`` the seeds are the distance map's *h-maxima*: a maximum counts only
+when it rises ``seed_h_px`` above the saddle that joins it to a higher one, so an elongated or ragged
+object (whose distance ridge has several shallow maxima) keeps one seed while two touching round
+objects (a neck several px deep) keep two. All frames of a stack are labelled in one call (frames are
+never connected).
 
 :func:`labels_to_shapes` turns labels into polygons (outlines), ellipses (same second moments) or
 bounding boxes, in napari's Shapes conventions (vertex arrays ``[n, 2]`` in (row, column), with a
@@ -42,6 +46,7 @@ def instance_labels(
     min_area_px: int = 0,
     seeds=None,
     smooth_sigma_px: float = 1.0,
+    seed_h_px: float = 0.0,
 ) -> np.ndarray:
     """Instance labels from a foreground probability (or mask) map by seeded watershed.
 
@@ -52,7 +57,8 @@ def instance_labels(
     threshold : float
         Foreground decision threshold.
     min_distance_px : float
-        Smallest distance between two seeds (about the smallest object radius).
+        Smallest distance between two seeds (about the smallest object radius); not used with
+        ``seed_h_px``.
     min_area_px : int
         Objects smaller than this are removed (set to background).
     seeds : DataFrame or array or None
@@ -61,6 +67,11 @@ def instance_labels(
     smooth_sigma_px : float
         Gaussian smoothing of the distance map before finding seeds (suppresses spurious maxima on
         ragged outlines).
+    seed_h_px : float
+        When > 0: seeds are the connected h-maxima of the (smoothed) distance map of height
+        ``seed_h_px`` (px): a neck between two objects must be at least this much narrower than the
+        smaller object's half-width to split them. Elongated objects are then not cut across
+        (with 0, every local maximum ``min_distance_px`` apart is a seed).
 
     Returns
     -------
@@ -73,6 +84,7 @@ def instance_labels(
     check_range("threshold", threshold, 0.0, 1.0)
     check_range("min_distance_px", min_distance_px, 0.0, None, low_inclusive=False)
     check_range("min_area_px", min_area_px, 0, None)
+    check_range("seed_h_px", seed_h_px, 0.0, None)
     stack, was_2d = as_stack(prob_map)
     fg = stack > threshold
     # in-plane distance to background; frames kept apart by a huge sampling along the frame axis
@@ -82,18 +94,26 @@ def instance_labels(
         dist = ndimage.gaussian_filter(dist, sigma=(0, smooth_sigma_px, smooth_sigma_px)) * fg
     markers = np.zeros(stack.shape, dtype=np.int32)
     if seeds is None:
-        r = max(int(round(min_distance_px)), 1)
         comp, _ = ndimage.label(fg, structure=_plane_connectivity())
-        pk = peak_local_max(
-            dist, footprint=np.ones((1, 2 * r + 1, 2 * r + 1), bool), labels=comp, exclude_border=False
-        )
-        if len(pk):
-            markers[pk[:, 0], pk[:, 1], pk[:, 2]] = np.arange(1, len(pk) + 1)
+        if seed_h_px > 0:
+            from skimage.morphology import h_maxima
+
+            # frames are kept apart by the in-plane footprint (no connection along the frame axis)
+            peaks = h_maxima(dist, float(seed_h_px), footprint=_plane_connectivity()).astype(bool) & fg
+            markers, n_pk = ndimage.label(peaks, structure=_plane_connectivity())
+        else:
+            r = max(int(round(min_distance_px)), 1)
+            pk = peak_local_max(
+                dist, footprint=np.ones((1, 2 * r + 1, 2 * r + 1), bool), labels=comp, exclude_border=False
+            )
+            n_pk = len(pk)
+            if n_pk:
+                markers[pk[:, 0], pk[:, 1], pk[:, 2]] = np.arange(1, n_pk + 1)
         # every foreground component gets at least one seed (flat or tiny objects)
         unseeded = np.setdiff1d(np.unique(comp[comp > 0]), np.unique(comp[markers > 0]))
         if len(unseeded):
             cms = np.asarray(ndimage.maximum_position(dist, comp, unseeded), dtype=np.int64).reshape(-1, 3)
-            markers[cms[:, 0], cms[:, 1], cms[:, 2]] = len(pk) + 1 + np.arange(len(cms))
+            markers[cms[:, 0], cms[:, 1], cms[:, 2]] = n_pk + 1 + np.arange(len(cms))
     else:
         pts = _seed_points(seeds, stack.shape)
         if len(pts):
