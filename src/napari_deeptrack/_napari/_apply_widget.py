@@ -888,29 +888,19 @@ def _partial_result(bundle, parts: list, n_asked: int, threshold, link, search_r
 
 
 def auto_tile_size(bundle, frame_shape: tuple[int, int], batch_size: int, budget: int | None = None):
-    """The tile size Apply uses when "auto": the whole frame if its forward pass (``batch_size`` frames)
-    fits the memory budget, else the largest of 4096, 2048, ... 128 px that does
-    (:func:`napari_deeptrack.sim.budget.estimate_apply`). Returns ``(tile_px, note for the widget)``."""
-    from ..sim.budget import estimate_apply, format_bytes, memory_budget
+    """The tile size Apply uses when "auto" (the core's
+    :func:`~napari_deeptrack.analysis.predict.auto_tile_size`: the whole frame when a chunk of
+    ``batch_size`` frames fits the memory budget, else the largest tile that does), and a line for the
+    widget. Returns ``(tile_px, note)``; a run that cannot fit even in the smallest tiles raises
+    :class:`~napari_deeptrack.errors.MemoryBudgetError` (shown as the worker's error)."""
+    from ..analysis.predict import auto_tile_size as core_auto_tile_size
+    from ..nn.memory import format_bytes, memory_budget
 
     budget = memory_budget() if budget is None else int(budget)
     h, w = (int(v) for v in frame_shape[-2:])
-    cfg = (bundle.config or {}).get("model") or getattr(bundle.task, "model", None)
-    model = cfg if isinstance(cfg, dict) and cfg.get("type") not in (None, "custom") else bundle.model
-    whole = -(-max(h, w) // 64) * 64
-    sizes = [whole] + [t for t in (4096, 2048, 1024, 512, 256, 128) if t < whole]
-    fixed = int(batch_size) * h * w * 4 * 5  # the chunk's input, normalised input, outputs (full frames)
-    est = None
-    for tile in sizes:
-        try:
-            est = estimate_apply(model, (1, min(tile, h), min(tile, w)), int(batch_size), int(batch_size))
-        except ValueError:  # a model config the estimate cannot read: keep the classic tile
-            return 512, "tile size auto: 512 px (no memory estimate for this model)"
-        if est.bytes + fixed <= budget:
-            break
-    need = format_bytes(est.bytes + fixed) if est is not None else "?"
+    tile = core_auto_tile_size(bundle, (h, w), budget, int(batch_size), int(batch_size))
     what = "whole frames, no tiling" if tile >= max(h, w) else f"tiles of {tile} px"
-    return int(tile), f"tile size auto: {what} (estimated {need} of the {format_bytes(budget)} budget)"
+    return int(tile), f"tile size auto: {what} (memory budget {format_bytes(budget)})"
 
 
 def _layer_data(res) -> dict:
