@@ -116,6 +116,8 @@ def test_match_shows_estimates_edits_resimulate_and_distance_per_component(
     w.auto_preview.value = True
     w.last_result = None
     w.estimates.edit("background", "60")
+    assert {r["parameter"]: r for r in w.estimates.rows()}["background"]["value"] == "60"
+    qtbot.waitUntil(lambda: w._apply_worker is None, timeout=60_000)  # applied off the main thread
     assert w.background.value == pytest.approx(60 * k, rel=1e-6)
     assert {r["parameter"]: r for r in w.estimates.rows()}["background"]["from"] == "set by you"
     assert shown(w.reset_estimates_btn)
@@ -130,6 +132,7 @@ def test_match_shows_estimates_edits_resimulate_and_distance_per_component(
     assert any("Estimate not changed" in m for m, _ in messages)
     assert "spot_sigma_px" not in w.edited_estimates
     w.reset_estimates_btn.native.click()
+    qtbot.waitUntil(lambda: w._apply_worker is None, timeout=60_000)
     assert w.edited_estimates == {} and w.background.value == pytest.approx(
         w.calibration.get("background") * k
     )

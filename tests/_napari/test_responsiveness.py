@@ -1,5 +1,5 @@
 """Responsiveness numbers for docs/user_guide.md (issue 11): Match to layer on a real 10 x 424 x 640
-bright-field stack in a worker, and the threshold slider with 10,000 points (handler and repaint).
+bright-field stack (helper process), and the threshold slider with 10,000 points (handler and repaint).
 
 Each test prints one JSON line (``pytest -s``) and asserts the limit the guide promises.
 """
@@ -48,14 +48,18 @@ def test_match_to_layer_on_a_real_stack_runs_off_the_main_thread(make_napari_vie
     w.layer.value = layer
     noise = baseline_gap(qtbot)
     timer, ticks = _ticks()
+    cpu = []  # the main thread's CPU time at every tick: what our code spends on the event loop
+    timer.timeout.connect(lambda: cpu.append(time.thread_time()))
     timer.start()
     t0, c0 = time.perf_counter(), time.thread_time()
     w.match_btn.native.click()
     click_s = time.thread_time() - c0
-    qtbot.waitUntil(lambda: w._match_worker is None, timeout=120_000)
+    qtbot.waitUntil(lambda: w._match_worker is None, timeout=400_000)
     match_s = time.perf_counter() - t0
+    qtbot.wait(500)  # the form filled, the preview started
     timer.stop()
-    gaps = np.diff(ticks)
+    gaps, cpu_gaps = np.diff(ticks), np.diff(cpu)
+    noise = max(noise, baseline_gap(qtbot))
     print(
         json.dumps(
             {
@@ -64,14 +68,19 @@ def test_match_to_layer_on_a_real_stack_runs_off_the_main_thread(make_napari_vie
                 "idle_baseline_gap_ms": round(noise * 1000, 1),
                 "match_s": round(match_s, 2),
                 "max_gap_ms": round(float(gaps.max()) * 1000, 1),
+                "gaps_over_100ms": int((gaps > 0.1).sum()),
+                "max_main_thread_cpu_between_ticks_ms": round(float(cpu_gaps.max()) * 1000, 1),
             }
         )
     )
     assert w.modality.value == "brightfield" and w.particle.value != "point"  # dark particles
+    assert w.calibration.family == "brightfield"  # measured as bright-field spheres (rings, radius)
     assert click_s < 0.1
-    # was 11-12 s on the main thread. In the worker, scipy.ndimage filters of the calibration hold the
-    # GIL for up to ~0.1 s at a time on 424 x 640 frames (measured 71-135 ms on a loaded 2-core machine):
-    # napari stays usable but this is above the 100 ms the other widgets keep (see docs/user_guide.md).
+    # was 11-12 s on the main thread, then 71-135 ms gaps in a worker thread (scipy.ndimage holding the
+    # GIL). Now the calibration runs in a helper process and the main thread only fills the form: the
+    # main thread never works 100 ms between two ticks. Wall-clock gaps add the machine's scheduling
+    # noise (a shared 2-core machine: load 4-14 while measured), hence the looser bound on them.
+    assert cpu_gaps.max() < 0.1, f"the main thread worked {cpu_gaps.max() * 1000:.0f} ms without a tick"
     assert gaps.max() < 0.25 + noise, f"the event loop stalled {gaps.max() * 1000:.0f} ms during Match"
 
 

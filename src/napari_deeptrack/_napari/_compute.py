@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["calibrate_layer", "in_helper_process", "shutdown", "simulate_preview"]
+__all__ = ["apply_estimates", "in_helper_process", "match_layer", "shutdown", "simulate_preview"]
 
 _POOL: ProcessPoolExecutor | None = None
 _LOCK = threading.Lock()
@@ -34,6 +34,10 @@ ENV_NO_PROCESS = "NAPARI_DEEPTRACK_NO_HELPER_PROCESS"
 
 
 def _init_child() -> None:
+    try:  # the helper yields the CPU to napari's own process (the viewer stays smooth on 2 cores)
+        os.nice(5)
+    except (AttributeError, OSError):
+        pass
     try:
         import torch
 
@@ -116,18 +120,37 @@ def in_helper_process(fn, *args, **kwargs) -> Any:
 
 
 # ---------------------------------------------------------------------------- jobs (run in the child)
-def _calibrate(template, frames: np.ndarray, px: float | None, pixel_source: str, stats=None):
-    from ..analysis.match import calibrate
+def _match(template, dark_template, frames: np.ndarray, px: float | None, pixel_source: str):
+    from ..analysis.calibrate import estimate_statistics
+    from ..analysis.match import apply_calibration, calibrate
 
-    return calibrate(template, frames, px, pixel_source=pixel_source, stats=stats)
+    stats = estimate_statistics(frames, px)
+    if dark_template is not None and stats.polarity == "dark":
+        template = dark_template
+    cal = calibrate(template, frames, px, pixel_source=pixel_source, stats=stats)
+    return template, cal, apply_calibration(template, cal, match_shape=True)
 
 
-def calibrate_layer(
-    template, frames: np.ndarray, px: float | None, pixel_source: str = "the layer's scale", stats=None
-):
-    """The per-family :class:`~napari_deeptrack.analysis.match.Calibration` of ``frames`` (helper
-    process), for the pipeline ``template`` of the Simulate form (``stats``: already measured)."""
-    return in_helper_process(_calibrate, template, np.ascontiguousarray(frames), px, pixel_source, stats)
+def match_layer(template, dark_template, frames: np.ndarray, px: float | None, pixel_source: str = "given"):
+    """Match to layer (helper process): the image statistics, the per-family
+    :class:`~napari_deeptrack.analysis.match.Calibration` and the calibrated pipeline.
+
+    ``dark_template`` (optional) replaces ``template`` when the particles are dark (a fluorescence form
+    given bright-field images): the bright-field family measures radius, rings and defocus. Returns
+    ``(template used, calibration, matched pipeline)``.
+    """
+    return in_helper_process(_match, template, dark_template, np.ascontiguousarray(frames), px, pixel_source)
+
+
+def _apply(template, calibration):
+    from ..analysis.match import apply_calibration
+
+    return apply_calibration(template, calibration, match_shape=True)
+
+
+def apply_estimates(template, calibration):
+    """``apply_calibration`` in the helper process (bright field simulates particle contrasts: ~1 s)."""
+    return in_helper_process(_apply, template, calibration)
 
 
 def _simulate_preview(pipeline, n: int, seed: int, frames: np.ndarray | None) -> dict:

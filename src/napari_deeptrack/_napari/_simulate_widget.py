@@ -201,6 +201,8 @@ class SimulateWidget(Container):
         self._match_template = None  # the form's pipeline Match calibrated (edits re-apply to it)
         self._match_layer_name = ""
         self.edited_estimates: dict = {}
+        self._apply_worker = None
+        self._apply_pending = False
         self._filling = False
         self._pending = False
         self._timer = QTimer()
@@ -436,8 +438,10 @@ class SimulateWidget(Container):
             return None
         self.match_label.value = f"matching '{layer.name}'..."
         source = "the layer's scale" if px else "unknown"
+        from ._compute import match_layer
+
         worker = start_worker(
-            _match, template, dark_template, frames, px, source, error="Match to layer failed"
+            match_layer, template, dark_template, frames, px, source, error="Match to layer failed"
         )
         worker.returned.connect(lambda out: self._matched(out, layer.name, px))
         worker.errored.connect(lambda *_: setattr(self.match_label, "value", ""))
@@ -449,12 +453,12 @@ class SimulateWidget(Container):
     def _matched(self, out: tuple, layer_name: str, px: float | None) -> None:
         if not widget_alive(self):
             return
-        template, cal = out
+        template, cal, matched = out
         self.calibration = cal
         self._match_template = template
         self._match_layer_name = layer_name
         self.edited_estimates = {}
-        self._fill_from_calibration()
+        self._show_matched(cal, matched)
         stats = cal.stats
         sigma = f"{stats.spot_sigma_px:.2f} px" if stats.spot_sigma_px else "no spots found"
         pixel = f"pixel {format_number(px)} um" if px else "pixel size unknown: enter it above"
@@ -468,12 +472,10 @@ class SimulateWidget(Container):
             + ", ".join(f"{e.name} {_short(e)}" for e in cal.estimates[:6])
         )
 
-    def _fill_from_calibration(self) -> None:
-        """Write the calibration (with the user's edits) into the form, the table and the session."""
-        from ..analysis.match import apply_calibration
-
-        cal = self.calibration.with_overrides(self.edited_estimates)
-        matched = apply_calibration(self._match_template, cal, match_shape=True)
+    def _show_matched(self, cal, matched) -> None:
+        """The calibration ``cal`` and its pipeline ``matched``: table, form, session, preview."""
+        if not widget_alive(self):
+            return
         self.estimates.show_calibration(cal, self.edited_estimates)
         self.reset_estimates_btn.visible = bool(self.edited_estimates)
         self._filling = True
@@ -486,6 +488,32 @@ class SimulateWidget(Container):
             self._filling = False
         self.publish(matched=True)
         self._parameters_changed()
+
+    def _fill_from_calibration(self):
+        """Apply the calibration with the user's edits (off the main thread: bright field simulates
+        particle contrasts, ~1 s), then show it. Returns the worker (None: one is running; it re-runs)."""
+        cal = self.calibration.with_overrides(self.edited_estimates)
+        self.estimates.show_calibration(cal, self.edited_estimates)  # the edit shows at once
+        self.reset_estimates_btn.visible = bool(self.edited_estimates)
+        if self._apply_worker is not None:
+            self._apply_pending = True
+            return None
+        from ._compute import apply_estimates
+
+        worker = start_worker(
+            apply_estimates, self._match_template, cal, error="Applying the estimates failed"
+        )
+        worker.returned.connect(lambda matched: self._show_matched(cal, matched))
+        worker.finished.connect(self._apply_done)
+        self._apply_worker = worker
+        worker.start()
+        return worker
+
+    def _apply_done(self) -> None:
+        self._apply_worker = None
+        if self._apply_pending and widget_alive(self):
+            self._apply_pending = False
+            self._fill_from_calibration()
 
     def _estimate_edited(self, name: str, value) -> None:
         """An estimate edited in the table: re-apply the calibration; the preview follows (debounced)."""
@@ -702,18 +730,6 @@ def _warm_imports() -> None:
 
     from ..analysis import calibrate  # noqa: F401
     from ..sim import budget  # noqa: F401
-
-
-def _match(template, dark_template, frames: np.ndarray, px: float | None, pixel_source: str):
-    """Worker thread: calibrate in the helper process (no layer access). Dark particles and a
-    fluorescence form: calibrated again as bright field (``dark_template``). Returns (template, cal)."""
-    from ._compute import calibrate_layer
-
-    cal = calibrate_layer(template, frames, px, pixel_source)
-    if dark_template is not None and cal.get("polarity") == "dark":
-        template = dark_template
-        cal = calibrate_layer(template, frames, px, pixel_source, stats=cal.stats)
-    return template, cal
 
 
 def _short(estimate) -> str:
