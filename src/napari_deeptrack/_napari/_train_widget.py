@@ -296,7 +296,6 @@ class TrainWidget(Container):
         self.status.value = "simulating the validation set..."
         self._stop_flag = StopFlag()
         if job is not None:
-
             self.status.value = "training from the crops..."
             worker = start_worker(relay_events, job, self._stop_flag, error="Training failed")
         else:
