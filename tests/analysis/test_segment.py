@@ -126,3 +126,18 @@ def test_min_area_removes_specks_but_not_nuclei():
     n_all = len(np.unique(instance_labels(prob, 0.5, seed_h_px=1.0)))
     lab = instance_labels(prob, 0.5, seed_h_px=1.0, min_area_px=30)
     assert n_all - 1 == 6 and len(np.unique(lab[lab > 0])) == 3
+
+
+def test_min_probability_removes_faint_blobs_of_any_size():
+    """A large blob that only just passes the threshold (mean probability 0.55) is removed with
+    ``min_probability=0.7``; confident nuclei (~0.95) are kept, whatever their size."""
+    prob, gt = _capsule_and_pair(0)
+    prob = np.clip(prob, 0.0, 0.95)
+    prob[2:14, 60:100] = 0.55  # a faint 12 x 40 px smear: bigger than any min_area would allow
+    lab = instance_labels(prob, 0.5, seed_h_px=1.0, min_area_px=30)
+    assert len(np.unique(lab[lab > 0])) == 4
+    lab = instance_labels(prob, 0.5, seed_h_px=1.0, min_area_px=30, min_probability=0.7)
+    m = segmentation_metrics(lab, gt, 0.5)
+    assert (m["tp"], m["fp"], m["fn"]) == (3, 0, 0)
+    with pytest.raises(ValueError, match="min_probability"):
+        instance_labels(prob, 0.5, min_probability=1.5)

@@ -34,9 +34,14 @@ def _scene(seed: int):
 
 def test_preset_readout_keeps_elongated_nuclei_whole_and_drops_specks():
     task = get_preset("nuclei-segment")
-    assert task.postprocess["seed_h_px"] > 0 and task.postprocess["min_area_px"] >= 20
+    assert task.postprocess["seed_h_px"] > 0 and task.postprocess["min_probability"] > 0.5
     old = dataclasses.replace(
-        task, postprocess={k: v for k, v in task.postprocess.items() if k not in ("seed_h_px", "min_area_px")}
+        task,
+        postprocess={
+            k: v
+            for k, v in task.postprocess.items()
+            if k not in ("seed_h_px", "min_area_px", "min_probability")
+        },
     )
     model = _Brightness().eval()
     extra_old = 0

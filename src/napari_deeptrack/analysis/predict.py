@@ -474,6 +474,7 @@ def _segment_block(r: RawOutput, fg: np.ndarray) -> tuple[np.ndarray, pd.DataFra
         min_distance_px=float(pp.get("min_distance_px", 3.0)),
         min_area_px=int(pp.get("min_area_px", 0)),
         seed_h_px=float(pp.get("seed_h_px", 0.0)),
+        min_probability=float(pp.get("min_probability", 0.0)),
     )
     ids = np.unique(labels[labels > 0])
     if len(ids) == 0:

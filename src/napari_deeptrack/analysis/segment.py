@@ -47,6 +47,7 @@ def instance_labels(
     seeds=None,
     smooth_sigma_px: float = 1.0,
     seed_h_px: float = 0.0,
+    min_probability: float = 0.0,
 ) -> np.ndarray:
     """Instance labels from a foreground probability (or mask) map by seeded watershed.
 
@@ -85,6 +86,7 @@ def instance_labels(
     check_range("min_distance_px", min_distance_px, 0.0, None, low_inclusive=False)
     check_range("min_area_px", min_area_px, 0, None)
     check_range("seed_h_px", seed_h_px, 0.0, None)
+    check_range("min_probability", min_probability, 0.0, 1.0)
     stack, was_2d = as_stack(prob_map)
     fg = stack > threshold
     # in-plane distance to background; frames kept apart by a huge sampling along the frame axis
@@ -120,11 +122,14 @@ def instance_labels(
             markers[pts[:, 0], pts[:, 1], pts[:, 2]] = np.arange(1, len(pts) + 1)
             markers = markers * fg
     labels = watershed(-dist, markers, mask=fg, connectivity=_plane_connectivity())
-    if min_area_px > 0 and labels.max() > 0:
+    if (min_area_px > 0 or min_probability > 0) and labels.max() > 0:
         area = np.bincount(labels.ravel())
-        small = area < int(min_area_px)
-        small[0] = False
-        labels[small[labels]] = 0
+        drop = area < int(min_area_px)
+        if min_probability > 0:
+            psum = np.bincount(labels.ravel(), weights=stack.ravel().astype(np.float64), minlength=len(area))
+            drop |= psum < float(min_probability) * area
+        drop[0] = False
+        labels[drop[labels]] = 0
     labels = labels.astype(np.int32)
     return labels[0] if was_2d else labels
 
