@@ -7,14 +7,18 @@ brightest pixel of a particle above background; the photon count per particle is
 
 - ``unet``: the preset's U-Net, trained with its default settings within ``--max-minutes`` on the
   CPU (or loaded from ``benchmarks/.cache/``); detections are the probability-weighted centroids of
-  the thresholded map at the task's threshold (0.5), from :func:`napari_deeptrack.analysis.predict.predict`.
+  the thresholded map with the bundle's own post-processing, from
+  :func:`napari_deeptrack.analysis.predict.predict`: the threshold and ``min_signal`` that training
+  chose on its simulated validation set (``analysis.tune_detection``; nothing from these frames).
+  ``unet_thr05``: the preset's former fixed threshold 0.5 without the brightness filter.
   ``unet_tuned``: the threshold tuned on the tuning frames; ``unet_signal``: threshold and
   ``min_signal`` (the detection's summed normalised input within 3 px, trackpy's minmass for the
   U-Net) tuned together on the tuning frames.
 - ``trackpy``: ``trackpy.locate`` with ``diameter``, ``separation`` and ``minmass`` chosen on
   separate tuning frames of the same SNR for the best F1 (grid: diameter 5, 7, 9; separation
   diameter or diameter + 2; minmass at 25 quantiles of the candidate masses); the chosen
-  parameters are then run on the test frames.
+  parameters are then run on the test frames. ``trackpy_default_dD``: ``locate(diameter=D)`` with
+  trackpy's defaults otherwise (minmass 0), D = 5, 7, 9 (what "no tuning" means for trackpy).
 
 For each SNR: F1 (one-to-one matching within 2 px), precision, recall, RMSE of matched positions
 (per axis, px) and frames per second (whole pipeline: normalisation, network or trackpy, post-
@@ -57,6 +61,7 @@ BACKGROUND = 10.0
 SHAPE = (256, 256)
 N_PARTICLES = 50
 TOLERANCE_PX = 2.0
+TRACKPY_DEFAULT_DIAMETERS = (5, 7, 9)
 CACHE = Path(__file__).resolve().parent / ".cache"
 
 
@@ -219,6 +224,15 @@ def main() -> None:
         dt = time.perf_counter() - t0
         rec.update({f"unet_{k2}": v for k2, v in _summary(res.detections, truth).items()})
         rec["unet_fps"] = len(img) / dt
+        # before the bundle stored post-processing tuned on its validation set: threshold 0.5, no filter
+        radius = float(task.postprocess["disk_radius_px"])
+        fixed = detect_from_map(res.maps[:, 0], 0.5, min_distance_px=radius)
+        rec.update({f"unet_thr05_{k2}": v for k2, v in _summary(fixed, truth).items()})
+        # trackpy with its defaults (minmass 0, separation diameter + 1, percentile 64) at the
+        # diameters a user would pick for these ~2.4 px (FWHM) spots
+        for d in TRACKPY_DEFAULT_DIAMETERS:
+            tpd = locate_trackpy(img, diameter=d, minmass=0.0)
+            rec.update({f"trackpy_default_d{d}_{k2}": v for k2, v in _summary(tpd, truth).items()})
         # the same fairness as for trackpy: the decision threshold tuned on the tuning frames
         thr = tune_threshold(predict(bundle, timg, batch_size=4).maps[:, 0], ttruth)
         tuned = detect_from_map(
@@ -252,6 +266,13 @@ def main() -> None:
             "case": "summary",
             "target_unet_f1_ge_0.95_at_snr_ge_3": all(r["unet_f1"] >= 0.95 for r in rows if r["snr"] >= 3),
             "target_unet_f1_ge_trackpy_every_snr": all(r["unet_f1"] >= r["trackpy_f1"] for r in rows),
+            "target_unet_default_f1_ge_trackpy_defaults_every_snr": all(
+                r["unet_f1"] >= max(r[f"trackpy_default_d{d}_f1"] for d in TRACKPY_DEFAULT_DIAMETERS)
+                for r in rows
+            ),
+            "unet_postprocess": {
+                k2: bundle.task.postprocess.get(k2) for k2 in ("threshold", "min_signal", "tuned_on")
+            },
             "target_unet_tuned_f1_ge_trackpy_every_snr": all(
                 r["unet_tuned_f1"] >= r["trackpy_f1"] for r in rows
             ),

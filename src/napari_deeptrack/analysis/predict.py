@@ -434,8 +434,9 @@ def _detection(r: RawOutput) -> Measured:
             min_distance_px=float(pp.get("disk_radius_px", 3.0)),
             min_mass=None if pp.get("min_mass") is None else float(pp["min_mass"]),
             image=None if min_signal is None else r.normalized[:, 0, lo:hi].numpy(),
-            min_signal=None if min_signal is None else float(min_signal),
+            min_signal=min_signal if min_signal in (None, "auto") else float(min_signal),
             signal_radius_px=float(pp.get("signal_radius_px", pp.get("disk_radius_px", 3.0))),
+            noise_model=pp.get("noise_model"),  # min_signal "auto" (analysis.detect.adaptive_min_signal)
         )
         if (lo, hi) != (0, h):
             det["y"] += lo

@@ -8,6 +8,7 @@ whenever the validation loss improves.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,8 @@ class TrainResult:
     bundle_path: Path | None
     validation: ValidationSet
     settings: dict[str, Any]
+    #: the task as saved in the bundle (detection: post-processing tuned on the validation set)
+    task: Any = None
 
 
 def localization_metrics(pred: torch.Tensor, val: ValidationSet) -> dict[str, float]:
@@ -210,6 +213,7 @@ def train_task(
         max_seconds=max_seconds,
     )
     history = trainer.fit()
+    task = _with_tuned_postprocess(task, trainer.model, validation)
     if bundle_path is not None and trainer.best_state is not None:
         # final save: same best weights, complete history (reason, epochs after the best one)
         best_i = history["epoch"].index(trainer.best_epoch)
@@ -221,4 +225,19 @@ def train_task(
         save_bundle(
             bundle_path, trainer.model, task, history, seed=seed, training=settings, metrics=best_metrics
         )
-    return TrainResult(trainer.model.to("cpu").eval(), history, bundle_path, validation, settings)
+    return TrainResult(trainer.model.to("cpu").eval(), history, bundle_path, validation, settings, task)
+
+
+def _with_tuned_postprocess(task, model, validation):
+    """A detection task's threshold / min_signal tuned on the validation set (a copy; others unchanged)."""
+    from ..analysis.tune_detection import tunable, tune_on_validation
+
+    if not tunable(task):
+        return task
+    device = next(model.parameters(), torch.empty(0)).device
+    tuned = tune_on_validation(task, model, validation, device=device)
+    if not tuned:
+        return task
+    task = copy.copy(task)
+    task.postprocess = {**(task.postprocess or {}), **tuned}
+    return task

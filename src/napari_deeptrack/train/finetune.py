@@ -86,14 +86,30 @@ class mixed_batches:  # noqa: N801 - used like a function returning an iterable
 
     Real batches: random crops of the task's training size (or whole frames when smaller) of the
     corrected frames and their targets, normalised as at inference. Simulated batches: the task's own
-    online simulation. ``steps`` batches in total, half of each.
+    online simulation. ``steps`` batches in total, a fraction ``real_fraction`` of them real (spread
+    evenly; 0.5 alternates).
     """
 
     def __init__(
-        self, task, frames: np.ndarray, targets: np.ndarray, batch_size: int, steps: int, seed: int = 0
+        self,
+        task,
+        frames: np.ndarray,
+        targets: np.ndarray,
+        batch_size: int,
+        steps: int,
+        seed: int = 0,
+        real_fraction: float = 0.5,
     ):
+        if not 0.0 < float(real_fraction) <= 1.0:
+            raise ValueError(f"real_fraction must be in (0, 1], got {real_fraction}")
         self.task, self.frames, self.targets = task, frames.astype(np.float32), targets
         self.batch_size, self.steps, self.seed = int(batch_size), int(steps), int(seed)
+        self.real_fraction = float(real_fraction)
+
+    def is_real(self, step: int) -> bool:
+        """Whether batch ``step`` is a real one (``real_fraction`` of the batches, spread evenly)."""
+        f, off = self.real_fraction, 1.0 - self.real_fraction + 1e-9  # the first batch is real
+        return int((step + 1) * f + off) > int(step * f + off)
 
     def __len__(self) -> int:
         return self.steps
@@ -114,7 +130,7 @@ class mixed_batches:  # noqa: N801 - used like a function returning an iterable
         h, w = self.frames.shape[-2:]
         ch, cw = (min(h, s) for s in self.task.pipeline.image_shape)
         for step in range(self.steps):
-            if step % 2:
+            if not self.is_real(step):
                 yield next(sim)
                 continue
             idx = rng.integers(0, len(self.frames), self.batch_size)
