@@ -248,6 +248,78 @@ def case_slide(a) -> dict:
             "peak_rss_mb_predict": peak}  # fmt: skip
 
 
+_DDP_RANK_SCRIPT = """
+import json, os, sys
+import torch
+from napari_deeptrack.sim import DiskMask, Fluorescence, Particles, Pipeline, PointParticle
+from napari_deeptrack.tasks.base import Task
+from napari_deeptrack.train.distributed import distributed_rank, train_task_ddp
+
+torch.set_num_threads(1)
+batch, seed, epochs, steps = (int(v) for v in sys.argv[1:5])
+out = sys.argv[5]
+pipe = Pipeline(
+    image_shape=(32, 32),
+    particles=[Particles(PointParticle(), count=2, intensity=400.0)],
+    optics=Fluorescence(NA=1.2, wavelength_um=0.6, pixel_size_um=0.1),
+    targets={"t": DiskMask(radius_px=3)},
+)
+task = Task(name="ddp", kind="detection", description="ddp vs 1 rank", pipeline=pipe, target="t",
+            model={"type": "UNet", "in_channels": 1, "out_channels": 1, "depth": 1, "base_channels": 4},
+            loss={"type": "bce"}, postprocess={"activation": "sigmoid", "threshold": 0.5},
+            training={"validation_size": 32, "batch_size": batch, "steps_per_epoch": steps, "epochs": epochs})
+res = train_task_ddp(task, None, device="cpu", seed=seed)
+if distributed_rank() == 0:
+    h = res.history
+    with open(out, "w") as f:
+        json.dump({"train_loss": h["train_loss"], "val_loss": h["val_loss"]}, f)
+"""
+
+
+def case_ddp(a) -> dict:
+    """DDP, 2 gloo ranks of batch b, against 1 rank of batch 2b: same seeds, same validation set, same
+    initial weights; per-epoch validation loss of each, and the spread over seeds (the noise)."""
+    import socket
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="ddp_", dir=a.work))
+    script = tmp / "rank.py"
+    script.write_text(_DDP_RANK_SCRIPT)
+    b, epochs, steps = a.ddp_batch, a.ddp_epochs, a.ddp_steps
+    curves: dict[str, list] = {f"2x{b}": [], f"1x{2 * b}": []}
+    wall: dict[str, float] = {}
+    for seed in a.ddp_seeds:
+        for ranks, batch in ((2, b), (1, 2 * b)):
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            out = tmp / f"h_{ranks}_{seed}.json"
+            t0 = time.perf_counter()
+            subprocess.run(
+                [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+                 "--master_addr", "127.0.0.1", "--master_port", str(port), str(script), str(batch), str(seed),
+                 str(epochs), str(steps), str(out)],
+                env=dict(os.environ, OMP_NUM_THREADS="1"), check=True, capture_output=True,
+            )  # fmt: skip
+            key = f"{ranks}x{batch}"
+            wall[key] = wall.get(key, 0.0) + time.perf_counter() - t0
+            curves[key].append(json.loads(out.read_text()))
+    rec: dict = {"seeds": list(a.ddp_seeds), "epochs": epochs, "steps_per_epoch": steps}
+    for key, runs in curves.items():
+        val = np.array([r["val_loss"] for r in runs])
+        rec[f"val_loss_{key}"] = [round(float(v), 4) for v in val.mean(0)]
+        rec[f"val_loss_sd_over_seeds_{key}"] = [round(float(v), 4) for v in val.std(0, ddof=1)]
+        rec[f"train_loss_{key}"] = [round(float(v), 4) for v in np.mean([r["train_loss"] for r in runs], 0)]
+        rec[f"wall_s_per_run_{key}"] = round(wall[key] / len(runs), 1)
+    two, one = (np.array([r["val_loss"] for r in curves[k]]) for k in curves)
+    diff = two[:, -1] - one[:, -1]  # paired by seed: same initial weights and validation set
+    rec["final_val_loss_diff_2rank_minus_1rank"] = [round(float(d), 4) for d in diff]
+    # the noise: the spread over seeds within one configuration (pooled over the two)
+    noise = np.sqrt((two[:, -1].var(ddof=1) + one[:, -1].var(ddof=1)) / 2) if len(diff) > 1 else np.nan
+    rec["final_val_loss_sd_over_seeds"] = round(float(noise), 4)
+    return rec
+
+
 CASES = {
     "stream": case_stream,
     "in_memory": case_in_memory,
@@ -255,6 +327,7 @@ CASES = {
     "dask": case_dask,
     "network": case_network,
     "slide": case_slide,
+    "ddp": case_ddp,
 }
 
 
@@ -285,6 +358,10 @@ def main(argv=None) -> int:
     p.add_argument("--dask-frames", type=int, default=1000, help="stack used for dask vs one process")
     p.add_argument("--in-memory-max", type=int, default=1000, help="largest stack also run in memory")
     p.add_argument("--slide", type=int, default=8192, help="side of the tiled whole-slide image")
+    p.add_argument("--ddp-seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the DDP comparison")
+    p.add_argument("--ddp-batch", type=int, default=4, help="DDP: batch per rank b (1 rank gets 2b)")
+    p.add_argument("--ddp-epochs", type=int, default=5)
+    p.add_argument("--ddp-steps", type=int, default=8, help="DDP: steps per epoch")
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)
     p.add_argument("--stack", default=None, help=argparse.SUPPRESS)
     p.add_argument("--bundle", default=None, help=argparse.SUPPRESS)
@@ -300,7 +377,9 @@ def main(argv=None) -> int:
 
     def child(case: str, frames: int = 0, stack: Path | None = None) -> None:
         cmd = [sys.executable, __file__, "--case", case, "--frames", str(frames), "--bundle", str(bundle),
-               "--work", str(data), "--slide", str(a.slide)]  # fmt: skip
+               "--work", str(data), "--slide", str(a.slide), "--ddp-batch", str(a.ddp_batch),
+               "--ddp-epochs", str(a.ddp_epochs), "--ddp-steps", str(a.ddp_steps),
+               "--ddp-seeds", *map(str, a.ddp_seeds)]  # fmt: skip
         if stack is not None:
             cmd += ["--stack", str(stack)]
         r = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -327,6 +406,8 @@ def main(argv=None) -> int:
             child("dask", n, stack)
     if "slide" not in a.skip:
         child("slide")
+    if "ddp" not in a.skip:
+        child("ddp")
     return 0
 
 

@@ -426,3 +426,37 @@ def test_tile_size_is_chosen_from_the_memory_budget(tmp_path, capsys):
         main(["apply", str(bundle), str(tmp_path / "s.tif"), "--out", str(tmp_path / "c.csv"),
               "--tile-size", "big"])  # fmt: skip
     assert "expected 'auto' or a number of pixels" in capsys.readouterr().err
+
+
+def test_a_cluster_left_without_workers_stops_with_a_clear_error_keeping_the_finished_chunks(
+    tmp_path, monkeypatch
+):
+    distributed = pytest.importorskip("distributed")
+    import napari_deeptrack.analysis.batch as batch
+
+    bundle = _bundle(tmp_path / "b")
+    src = _zarr(tmp_path / "s.zarr", _stack(frames=12))
+    monkeypatch.setattr(batch, "NO_WORKERS_TIMEOUT_S", 1.0)
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                       dashboard_address=":0")  # fmt: skip
+    try:
+
+        def lose_all_workers(done, total):  # after the first chunk, the only worker leaves for good
+            import time
+
+            if cluster.workers:
+                cluster.scale(0)
+                t0 = time.monotonic()
+                while cluster.scheduler.workers and time.monotonic() - t0 < 30:
+                    time.sleep(0.05)
+
+        with pytest.raises(batch.ClusterRunError, match="no worker left on the cluster") as err:
+            batch_apply(bundle, src, tmp_path / "r.csv", chunk_frames=1, scheduler=cluster.scheduler_address,
+                        progress=lose_all_workers)  # fmt: skip
+    finally:
+        cluster.close()
+    manifest = json.loads((tmp_path / "r.csv.parts" / "manifest.json").read_text())
+    assert 1 <= len(manifest["chunks"]) < 12 and len(err.value.failed) == 12 - len(manifest["chunks"])
+    assert "run the same command again to resume" in str(err.value)
+    s = batch_apply(bundle, src, tmp_path / "r.csv", chunk_frames=1)  # resumes in this process
+    assert s.chunks_resumed == len(manifest["chunks"]) and s.detections == 47

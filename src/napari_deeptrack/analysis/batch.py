@@ -38,6 +38,9 @@ __all__ = ["BatchSummary", "ClusterRunError", "batch_apply", "check_chunk_memory
 
 #: Seconds to wait for a scheduler before giving up with a clear error.
 CONNECT_TIMEOUT_S = 10.0
+#: Seconds a distributed run waits with no worker at all (all died, none restarted) before it stops
+#: with :class:`ClusterRunError`, keeping the finished chunks.
+NO_WORKERS_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -410,6 +413,52 @@ def _why_chunk_failed(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+class _NoWorkersWatch:
+    """Whether the cluster has had no worker for :data:`NO_WORKERS_TIMEOUT_S` (asks the scheduler at
+    most twice a second)."""
+
+    def __init__(self, client):
+        self.client, self.empty_since, self.checked = client, None, 0.0
+
+    def stranded(self) -> bool:
+        import time
+
+        now = time.monotonic()
+        if now - self.checked >= 0.5:
+            self.checked = now
+            workers = self.client.scheduler_info().get("workers") or {}
+            self.empty_since = None if workers else (self.empty_since or now)
+        return self.empty_since is not None and now - self.empty_since >= NO_WORKERS_TIMEOUT_S
+
+
+def _finished_or_stranded(watch: _NoWorkersWatch, futures):
+    """The futures as they finish (any order); stops early when the cluster is left without workers
+    (the rest would wait forever)."""
+    import time
+
+    from distributed import as_completed
+
+    ac = as_completed(futures)
+    while not ac.is_empty():
+        if ac.has_ready():
+            yield from ac.next_batch(block=False)
+        elif watch.stranded():
+            return
+        else:
+            time.sleep(0.05)
+
+
+def _fetch(watch: _NoWorkersWatch, fut):
+    """A finished future's result; its data may have been lost with its worker and be recomputed, so
+    wait while a worker is left, else raise ``TimeoutError``."""
+    while True:
+        try:
+            return fut.result(timeout=1.0)
+        except TimeoutError:
+            if watch.stranded():
+                raise TimeoutError(f"no worker left on the cluster for {NO_WORKERS_TIMEOUT_S:g} s") from None
+
+
 def _run_distributed(
     scheduler, n_workers, bundle_path, images, stack, channel, todo, chunk, n, settings, record, store
 ):
@@ -421,8 +470,6 @@ def _run_distributed(
     recorded, then :class:`ClusterRunError` names the failed frames, where the finished ones are saved
     and that running the same call again resumes.
     """
-    from distributed import as_completed
-
     client = connect_scheduler(scheduler, n_workers)
     try:
         dashboard = client.dashboard_link
@@ -439,10 +486,13 @@ def _run_distributed(
             futures.append(fut)
             first_frame[fut.key] = s
         failed: list[tuple[int, int, BaseException]] = []
-        for fut in as_completed(futures):
+        finished: set = set()
+        watch = _NoWorkersWatch(client)
+        for fut in _finished_or_stranded(watch, futures):
+            finished.add(fut.key)
             s = first_frame[fut.key]
             try:
-                start, stop, det, labels, counts = fut.result()
+                start, stop, det, labels, counts = _fetch(watch, fut)
             except Exception as exc:  # noqa: BLE001 - a dead worker or an error in one: keep going
                 failed.append((s, min(s + chunk, n), exc))
                 print(f"apply: frames {s}-{min(s + chunk, n) - 1} failed ({type(exc).__name__})",
@@ -452,6 +502,12 @@ def _run_distributed(
                 det = det.assign(frame=det["frame"].to_numpy() + s)
                 start, stop = start + s, stop + s
             record(start, stop, det, labels, counts)
+        lost = TimeoutError(f"no worker left on the cluster for {NO_WORKERS_TIMEOUT_S:g} s")
+        for fut in futures:  # stranded: the cluster lost all its workers
+            if fut.key not in finished:
+                s = first_frame[fut.key]
+                failed.append((s, min(s + chunk, n), lost))
+                fut.cancel()
         if failed:
             failed.sort(key=lambda f: f[0])
             first = failed[0]
