@@ -244,7 +244,10 @@ def test_segmentation_filters_act_on_instances_and_counts_agree(make_napari_view
     qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
     labels = viewer.layers["DeepTrack labels"]
     raw = len(w.instances)
-    assert w.min_size.value >= 20  # default from the task's smallest simulated nucleus
+    # default from the task (its min_area_px, else a quarter of its smallest simulated nucleus)
+    from napari_deeptrack._napari._apply_widget import _default_min_area
+
+    assert w.min_size.value == _default_min_area(w.bundle.task) >= 10
     kept = np.unique(np.asarray(labels.data))
     kept = kept[kept > 0]
     # no speck flood: a number of objects of the order of the nuclei, none smaller than the minimum size
