@@ -13,6 +13,9 @@ where the signal is 5 noise sigmas above the background). ``--network preset`` u
 ``particles-2d`` U-Net (untrained weights, for timing only) instead; its cost per 512x512 frame is
 reported by the ``network`` case either way.
 
+``--case ddp`` (DDP: 2 gloo ranks of batch b against 1 rank of batch 2b, over seeds) and ``--case tile``
+(peak memory with the automatic tile size against a given one) run on their own with ``--frames 0``.
+
 Usage::
 
     python benchmarks/bench_scale.py --data /tmp/scale_data                 # everything
@@ -248,6 +251,29 @@ def case_slide(a) -> dict:
             "peak_rss_mb_predict": peak}  # fmt: skip
 
 
+def case_tile(a) -> dict:
+    """Peak memory of ``predict`` with the automatic tile (``auto_tile_size``) or a given one: the
+    ``particles-2d`` U-Net (untrained) on one ``--tile-frame`` px square frame, ``--tile-budget-mb``."""
+    import torch
+
+    from napari_deeptrack.analysis.predict import auto_tile_size, predict
+    from napari_deeptrack.nn import build_model
+    from napari_deeptrack.tasks import get_preset
+
+    task = get_preset("particles-2d")
+    model = build_model(task.model).eval()
+    side, budget = a.tile_frame, a.tile_budget_mb * 2**20
+    img = np.random.default_rng(0).poisson(100, (1, side, side)).astype(np.float32)
+    with torch.no_grad():
+        predict(model, img[:, :64, :64], task=task)  # first-use allocations out of the measurement
+    rss0 = _peak_rss_mb()
+    tile = auto_tile_size(task.model, (side, side), budget, batch_size=8) if a.tile == "auto" else int(a.tile)
+    t0 = time.process_time()
+    predict(model, img, task=task, tile_size=tile, batch_size=8, keep_maps=False)
+    return {"frame": side, "budget_mb": a.tile_budget_mb, "tile_asked": a.tile, "tile": tile,
+            "predict_cpu_s": time.process_time() - t0, "peak_growth_mb": _peak_rss_mb() - rss0}  # fmt: skip
+
+
 _DDP_RANK_SCRIPT = """
 import json, os, sys
 import torch
@@ -328,6 +354,7 @@ CASES = {
     "network": case_network,
     "slide": case_slide,
     "ddp": case_ddp,
+    "tile": case_tile,
 }
 
 
@@ -362,6 +389,9 @@ def main(argv=None) -> int:
     p.add_argument("--ddp-batch", type=int, default=4, help="DDP: batch per rank b (1 rank gets 2b)")
     p.add_argument("--ddp-epochs", type=int, default=5)
     p.add_argument("--ddp-steps", type=int, default=8, help="DDP: steps per epoch")
+    p.add_argument("--tile-frame", type=int, default=2048, help="tile case: side of the frame (px)")
+    p.add_argument("--tile-budget-mb", type=int, default=1024, help="tile case: memory budget (MB)")
+    p.add_argument("--tile", default="auto", help="tile case: 'auto' or a tile size (px)")
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)
     p.add_argument("--stack", default=None, help=argparse.SUPPRESS)
     p.add_argument("--bundle", default=None, help=argparse.SUPPRESS)
