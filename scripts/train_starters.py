@@ -77,12 +77,45 @@ def train_starter(name: str, out_dir: Path, scale: float = 1.0, seed: int = 0) -
     }
 
 
+def retune_starter(name: str, out_dir: Path, seed: int = 0) -> dict:
+    """Re-choose a detection starter's post-processing on its own validation set (no retraining).
+
+    The same step as at the end of ``train_task`` (``analysis.tune_detection``: threshold tuned on
+    the simulated validation set, adaptive ``min_signal`` from a noise model), for starters trained
+    before that step existed. The validation set is the one training used (same size and seed).
+    """
+    from napari_deeptrack.analysis.tune_detection import tunable
+    from napari_deeptrack.io.bundle import load_bundle, save_bundle
+    from napari_deeptrack.train.api import _with_tuned_postprocess
+    from napari_deeptrack.train.data import make_validation_set
+
+    path = out_dir / f"{name}.zip"
+    b = load_bundle(path)
+    if not tunable(b.task):
+        return {"starter": name, "retuned": False}
+    t = b.task
+    val = make_validation_set(t.pipeline, t.target, int(STARTERS[name]["validation_size"]), seed,
+                              t.input_normalization)  # fmt: skip
+    task = _with_tuned_postprocess(t, b.model, val)
+    notes = b.config.get("notes", "") + " Post-processing (threshold, adaptive min_signal) chosen on its " \
+        "validation set by scripts/train_starters.py --retune."  # fmt: skip
+    save_bundle(
+        path, b.model, task, b.config.get("history"), seed=seed, training=b.config.get("training"),
+        metrics=b.config.get("metrics"), notes=notes,
+    )  # fmt: skip
+    pp = task.postprocess
+    return {"starter": name, "retuned": True, "threshold": pp["threshold"], "min_signal": pp["min_signal"],
+            "tuned_on": pp.get("tuned_on"), "size_kb": round(path.stat().st_size / 1024, 1)}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="*", help=f"starters to train (default all: {', '.join(STARTERS)})")
     ap.add_argument("--out", default=str(OUT), help="output folder")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply epochs and steps (quick checks)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--retune", action="store_true",
+                    help="only re-choose the detection starters' post-processing (no training)")  # fmt: skip
     args = ap.parse_args(argv)
     unknown = sorted(set(args.names) - set(STARTERS))
     if unknown:
@@ -92,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in args.names or list(STARTERS):
+        if args.retune:
+            print(json.dumps(retune_starter(name, out, args.seed), default=float), flush=True)
+            continue
         print(json.dumps(train_starter(name, out, args.scale, args.seed), default=float), flush=True)
     total = sum(p.stat().st_size for p in out.glob("*.zip")) / 2**20
     print(json.dumps({"total_mb": round(total, 2), "limit_mb": MAX_TOTAL_MB}), flush=True)

@@ -76,3 +76,25 @@ def test_cli_train_with_annotations(tmp_path, capsys, one_torch_thread):
     assert rc == 0, captured.err
     out = json.loads(captured.out.strip().splitlines()[-1])
     assert "F1" in captured.err and len(out["suggest_next"]) == 2 and out["after_tuned"]["f1"] >= 0
+
+
+def test_annotate_few_refuses_a_fluorescence_starter_on_bright_field_frames():
+    frames, pts = _movie()
+    dark = 400.0 - frames  # dark spots on a bright background
+    with pytest.raises(ValueError, match="bright-field"):
+        annotate_few(resolve_bundle("particles-2d"), dark, pts, steps=2)
+
+
+def test_mixed_batches_real_fraction_and_nuclei_match_distance():
+    from napari_deeptrack.tasks import get_preset
+    from napari_deeptrack.train.few_shot import match_distance_px
+    from napari_deeptrack.train.finetune import mixed_batches
+
+    task = get_preset("particles-2d")
+    m = mixed_batches(task, np.zeros((1, 64, 64), np.float32), np.zeros((1, 1, 64, 64), np.float32), 2, 8,
+                      real_fraction=0.75)  # fmt: skip
+    assert sum(m.is_real(i) for i in range(8)) == 6 and m.is_real(0)
+    with pytest.raises(ValueError, match="real_fraction"):
+        mixed_batches(task, np.zeros((1, 8, 8), np.float32), np.zeros((1, 1, 8, 8)), 2, 8, real_fraction=0)
+    assert match_distance_px(get_preset("cells-count")) == 5.0  # half the density sigma (10 px)
+    assert match_distance_px(task) == 2.0  # the task's own

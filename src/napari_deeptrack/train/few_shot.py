@@ -205,6 +205,10 @@ def annotate_few(
             f"{task.name!r} is a {task.kind} model"
             + (" (self-supervised: retrain it from crops instead)" if task.kind == "detection" else "")
         )
+    from ..io.starters import check_starter_fits, is_starter
+
+    if is_starter(init):  # a fluorescence starter on bright-field frames: refuse, as apply does
+        check_starter_fits(task, frames)
     _check_inside(points, frames.shape[1:])
     train_f, held_f = split_frames(points, len(frames), holdout)
     tol = match_distance_px(task)
