@@ -460,3 +460,19 @@ def test_a_cluster_left_without_workers_stops_with_a_clear_error_keeping_the_fin
     assert "run the same command again to resume" in str(err.value)
     s = batch_apply(bundle, src, tmp_path / "r.csv", chunk_frames=1)  # resumes in this process
     assert s.chunks_resumed == len(manifest["chunks"]) and s.detections == 47
+
+
+@pytest.mark.slow
+def test_distributed_segmentation_workers_write_labels_into_the_shared_zarr(tmp_path, two_process_cluster):
+    bundle = _bundle(tmp_path / "b", kind="segmentation")
+    stack = np.concatenate([_disks(seed=s) for s in range(5)])
+    src = _zarr(tmp_path / "s.zarr", stack)
+    one = batch_apply(bundle, src, tmp_path / "one.csv", chunk_frames=2, labels_out=tmp_path / "one.zarr")
+    two = batch_apply(bundle, src, tmp_path / "two.csv", chunk_frames=2, labels_out=tmp_path / "two.zarr",
+                      scheduler=two_process_cluster.scheduler_address)  # fmt: skip
+    assert (one.chunks, one.detections) == (two.chunks, two.detections) == (3, one.detections)
+    a = np.asarray(zarr.open_array(str(tmp_path / "one.zarr"), mode="r"))
+    b = np.asarray(zarr.open_array(str(tmp_path / "two.zarr"), mode="r"))
+    np.testing.assert_array_equal(a, b)  # same ids: chunk-local ids renumbered in frame order
+    assert len(np.unique(a[a > 0])) == one.detections
+    assert (tmp_path / "one.csv").read_text() == (tmp_path / "two.csv").read_text()

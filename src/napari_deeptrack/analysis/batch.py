@@ -95,14 +95,23 @@ def _predict_range(bundle, images, start: int, stop: int, settings: dict, labels
     return part.start, part.stop, part.detections, part.labels, part.counts
 
 
-def _worker_chunk(bundle_path: str, source, channel, start: int, stop: int, settings: dict) -> tuple:
-    """What a Dask worker runs: load the bundle and open the source once per process, run one chunk."""
+def _worker_chunk(
+    bundle_path: str, source, channel, start: int, stop: int, settings: dict, labels_path: str | None = None
+) -> tuple:
+    """What a Dask worker runs: load the bundle and open the source once per process, run one chunk.
+    With ``labels_path`` (a Zarr folder the workers share with the client, as they share the source)
+    the worker writes the chunk's labels there band by band and returns none."""
     import torch
 
     torch.set_num_threads(1)
     bundle = _cached_bundle(bundle_path, str(settings.get("device", "cpu")))
     images = _cached_source(source, channel) if isinstance(source, str) else source
-    return _predict_range(bundle, images, start, stop, settings)
+    sink = None
+    if labels_path is not None:
+        import zarr
+
+        sink = zarr.open_array(labels_path, mode="r+")
+    return _predict_range(bundle, images, start, stop, settings, sink)
 
 
 # ---------------------------------------------------------------------------- checks
@@ -317,7 +326,7 @@ def batch_apply(
         else:
             dashboard = _run_distributed(
                 scheduler, n_workers, bundle_path, images, stack, channel, todo, chunk, n, settings,
-                record, store,
+                record, store, None if labels_zarr is None else str(labels_out),
             )  # fmt: skip
     except KeyboardInterrupt:
         print(
@@ -460,8 +469,9 @@ def _fetch(watch: _NoWorkersWatch, fut):
 
 
 def _run_distributed(
-    scheduler, n_workers, bundle_path, images, stack, channel, todo, chunk, n, settings, record, store
-):
+    scheduler, n_workers, bundle_path, images, stack, channel, todo, chunk, n, settings, record, store,
+    labels_path=None,
+):  # fmt: skip
     """Submit the chunks to Dask workers and record them as they finish (in any order).
 
     A worker that dies mid-run is survived: Dask reruns its chunks on the other workers (a restarted
@@ -482,7 +492,9 @@ def _run_distributed(
             data = source if by_path else np.asarray(stack[s:stop])
             # a chunk given as data is numbered from 0 inside the worker: shift it back below
             args = (s, stop) if by_path else (0, stop - s)
-            fut = client.submit(_worker_chunk, bundle_path, data, channel, *args, settings, pure=False)
+            # labels: workers that read the source by path write them into the shared Zarr themselves
+            kw = {"labels_path": labels_path} if by_path and labels_path is not None else {}
+            fut = client.submit(_worker_chunk, bundle_path, data, channel, *args, settings, pure=False, **kw)
             futures.append(fut)
             first_frame[fut.key] = s
         failed: list[tuple[int, int, BaseException]] = []
