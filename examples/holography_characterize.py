@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     rep = Reporter(CASE, args)
     task = get_preset("holography-characterize")
     epochs, steps, n_tracks, n_frames = (10, 30, 12, 8) if args.quick else (60, 100, 40, 20)
+    if args.quick:  # batches of 16 and 128 validation crops (CI budget; the preset: 32 and 256)
+        task.training = {**task.training, "batch_size": 16, "validation_size": 128}
     out = f"{args.out}/holography-characterize" if args.out else None
     res = train_task(task, out, epochs=epochs, steps_per_epoch=steps, seed=args.seed, device=args.device)
     model = res.model.eval()
