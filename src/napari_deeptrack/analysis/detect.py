@@ -26,7 +26,9 @@ Optional brightness filters (like trackpy's ``minmass``; both off by default):
   normalised so that the background is 0 and the noise sigma 1) over a disk of ``signal_radius_px``
   around the detection (adds a ``signal`` column); detections with less are dropped. This is the
   background-subtracted integrated intensity in noise units, so a threshold tuned on frames of known
-  brightness removes noise clusters that the network flags at high SNR.
+  brightness removes noise clusters that the network flags at high SNR. ``min_signal="auto"`` chooses
+  the cut per frame (:func:`adaptive_min_signal`) from a noise model measured on object-free images
+  (what ``train_task`` stores in a detection bundle, see ``analysis.tune_detection``).
 
 Pixel convention: the centre of the top-left pixel is (y, x) = (0, 0). All frames are processed
 together (no Python loop over frames).
