@@ -12,10 +12,11 @@ so each gets napari's proxy of the viewer, as for a user) and driven through its
 3. Apply: the model just trained on the movie (detections coloured by probability, tracks, counts).
 4. Review: a corrected copy (here: the ground truth) scored against the model and trackpy.
 5. Diffusion (MSD): the ensemble MSD of the tracks and the diffusion coefficient.
-6. Apply on a dark copy of the movie: the coverage warning offers its fix ("Re-match polarity"); the fix
-   opens Simulate and matches the dark layer (apply_fix.png).
+6. Apply on a dark copy of the movie: the coverage warning offers its fix ("Re-match polarity",
+   apply_fix.png); the fix matches the dark layer in Simulate as bright field (simulate_rematch.png).
 
-``--only simulate.png,apply_fix.png`` saves only those (the other steps still run, unsaved).
+``--only simulate.png,apply_fix.png,simulate_rematch.png`` saves only those (the other steps
+still run, unsaved).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def main() -> None:
     settle(app)
 
     # 1. Simulate
-    _, sim = open_widget(viewer, "Simulate")
+    sim_dock, sim = open_widget(viewer, "Simulate")
     sim.auto_preview.value = False
     sim.layer.value = image
     sim.match_btn.native.click()
@@ -151,7 +152,18 @@ def main() -> None:
     viewer.reset_view()
     shot(viewer, app, "apply_fix.png")
     apply.fix_btn.native.click()
-    wait(app, lambda: sim._match_worker is None and sim.calibration is not None)
+    wait(app, lambda: sim._match_worker is None and sim.calibration.family == "brightfield")
+    sim_dock.show()
+    sim_dock.raise_()
+    sim.preview_btn.native.click()
+    wait(app, lambda: sim._worker is None and sim._apply_worker is None)
+    for layer in viewer.layers:  # the dark copy and its simulation, side by side
+        layer.visible = layer.name in ("dark copy", "DeepTrack simulation")
+    sim.compare.value = True
+    viewer.reset_view()
+    sim.scroll_area.verticalScrollBar().setValue(0)
+    shot(viewer, app, "simulate_rematch.png")
+    sim.compare.value = False
     viewer.close()
 
 

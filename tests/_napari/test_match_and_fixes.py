@@ -181,6 +181,13 @@ def test_apply_polarity_warning_offers_rematch_in_simulate(make_napari_viewer, q
     selected = {i.row() for i in sim.estimates.native.selectionModel().selectedRows()}
     assert sim.estimates.names.index("polarity") in selected  # the estimate the warning was about
     assert "Re-match" not in apply.warnings_label.value and "retrain" in apply.warnings_label.value
+    # the fix fixes it: the re-matched simulation has dark particles too (its live preview)
+    qtbot.waitUntil(
+        lambda: sim.last_result is not None and sim._worker is None and sim._apply_worker is None,
+        timeout=120_000,
+    )
+    assert sim.last_result["comparison"]["components"]["polarity"] == 0.0
+    assert sim.last_result["comparison"]["sim"]["polarity"] == "dark"
 
 
 # ---------------------------------------------------------------------------- Apply: Cancel and tiles

@@ -827,6 +827,7 @@ def predict_chunks(
     from ..analysis.predict import kind_rule
     from ..analysis.predict import predict_chunks as core_predict_chunks
 
+    keep_maps = kind_rule(bundle.task.kind).maps_are_images
     gen = core_predict_chunks(
         bundle,
         frames,
@@ -837,14 +838,16 @@ def predict_chunks(
         search_range_px=search_range_px,
         memory=memory,
         tile_size=int(tile_size),
-        keep_maps=kind_rule(bundle.task.kind).maps_are_images,
+        keep_maps=keep_maps,
     )
-    parts = []
+    parts = []  # what Cancel keeps (maps only when shown: memory stays bounded on long stacks)
     while True:
         try:
             part = next(gen)
         except StopIteration as done:
             return _layer_data(done.value)
+        if not keep_maps:
+            part.maps = None
         parts.append(part)
         yield part.stop
         if stop is not None and stop.is_set() and part.stop < len(frames):

@@ -21,6 +21,8 @@ from ._numbers import format_number
 __all__ = ["COLUMNS", "EstimatesTable", "coverage_html"]
 
 COLUMNS = ("parameter", "value", "\u00b1", "unit", "from")
+#: widths (px) of all columns but the last
+COLUMN_WIDTHS = (108, 82, 44, 52)
 _POLARITIES = ("bright", "dark")
 _VERDICT_COLOUR = {"covered": "#4caf50", "partly covered": "#ffa726", "not covered": "#ef5350"}
 
@@ -29,6 +31,7 @@ class EstimatesTable:
     """A compact, editable table of a :class:`~napari_deeptrack.analysis.match.Calibration`."""
 
     def __init__(self, on_edit: Callable[[str, object], None], max_visible_rows: int = 9):
+        from qtpy.QtCore import Qt
         from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QSizePolicy, QTableWidget
 
         self._on_edit = on_edit
@@ -47,11 +50,15 @@ class EstimatesTable:
             | QAbstractItemView.EditTrigger.AnyKeyPressed
         )
         head = t.horizontalHeader()
-        for i in range(len(COLUMNS) - 1):
-            head.setSectionResizeMode(i, QHeaderView.ResizeMode.ResizeToContents)
+        # fixed, compact columns (a 420 px dock); "from" takes the rest, elided, full text in the tooltip
+        for i, width in enumerate(COLUMN_WIDTHS):
+            head.setSectionResizeMode(i, QHeaderView.ResizeMode.Interactive)
+            t.setColumnWidth(i, width)
         head.setSectionResizeMode(len(COLUMNS) - 1, QHeaderView.ResizeMode.Stretch)
-        t.setHorizontalScrollBarPolicy(t.horizontalScrollBarPolicy().ScrollBarAlwaysOff)
-        t.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        head.setMinimumSectionSize(24)
+        t.setTextElideMode(Qt.TextElideMode.ElideRight)
+        t.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        t.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         t.setMinimumWidth(10)
         t.setToolTip("Double-click a value to edit it; the simulation and its preview follow.")
         t.itemChanged.connect(self._item_changed)

@@ -101,7 +101,11 @@ class SimulateWidget(Container):
         self.z_min_um = FloatSpinBox(label="z min (um)", value=0.0, min=-100.0, max=100.0, step=0.1)
         self.z_max_um = FloatSpinBox(label="z max (um)", value=0.0, min=-100.0, max=100.0, step=0.1)
         # noise
-        self.background = SigFloatSpinBox(label="background (photons)", value=20.0, min=0.0, max=1e7)
+        self.background = SigFloatSpinBox(label="background (photons/px)", value=20.0, min=0.0, max=1e7)
+        self.background.tooltip = (
+            "Fluorescence: background photons per pixel. Bright field and holography: the illumination, "
+            "detected photons per pixel (the particles' contrast is relative to it)."
+        )
         self.shot_noise = CheckBox(label="shot noise (Poisson)", value=True)
         self.read_noise = SigFloatSpinBox(label="read noise (grey values)", value=0.0, min=0.0, max=1e5)
         # significant digits, scientific when small: a matched gain of 2.3e-05 must not read 0.000023
@@ -154,11 +158,12 @@ class SimulateWidget(Container):
         noise_box, _ = collapsible(
             "Camera and noise", [self.shot_noise, self.read_noise, self.gain], expanded=False
         )
+        match_row = text_row(self.match_label)
         self.form = Container(
             widgets=[
                 self.layer,
                 Container(widgets=[self.match_btn, self.preview_btn], layout="horizontal", labels=False),
-                text_row(self.match_label),
+                match_row,
                 self.reset_estimates_btn,
                 self.compare,
                 text_row(self.stats_label),
@@ -188,7 +193,7 @@ class SimulateWidget(Container):
             ]
         )
         lay = self.form.native.layout()
-        lay.insertWidget(lay.indexOf(self.match_label.native.parent()) + 1, self.estimates.native)
+        lay.insertWidget(lay.indexOf(match_row.native.parent()) + 1, self.estimates.native)
         lay.insertWidget(lay.indexOf(self.pixel_size_um.native.parent()) + 1, optics_box)
         lay.insertWidget(lay.indexOf(self.background.native.parent()) + 1, noise_box)
         scroll_form(self, self.form)
@@ -337,9 +342,9 @@ class SimulateWidget(Container):
         transforms = []
         if mod == "fluorescence":
             transforms.append(sim.Background(self.background.value))
-            if self.shot_noise.value:
-                transforms.append(sim.Poisson())
-        elif self.shot_noise.value:
+        elif self.background.value > 0:  # coherent images are 1 = the illumination: scale to photons
+            transforms.append(sim.IlluminationPhotons(self.background.value))
+        if self.shot_noise.value:
             transforms.append(sim.Poisson())
         if self.gain.value != 1.0:
             transforms.append(_make(sim.Camera, gain=self.gain.value, offset=0.0))
@@ -404,6 +409,8 @@ class SimulateWidget(Container):
         for tr in pipeline.transforms:
             if isinstance(tr, sim.Background):
                 self.background.value = float(np.mean(_bounds(tr.level)))
+            elif isinstance(tr, sim.IlluminationPhotons):
+                self.background.value = float(np.mean(_bounds(tr.photons_per_px)))
             elif isinstance(tr, sim.Poisson):
                 self.shot_noise.value = True
             elif isinstance(tr, sim.Camera):
