@@ -162,6 +162,11 @@ def tune_on_validation(task, model: torch.nn.Module, validation, device: str | t
     if validation is None or validation.scene is None or len(validation) == 0:
         return {}
     truth = scene_to_table(validation.scene)
+    # only the particles the network is trained to find: a target drawn for a depth range (in-focus
+    # spheres) leaves out-of-focus distractors out of the truth
+    z_range = getattr((task.pipeline.targets or {}).get(task.target), "z_range_um", None)
+    if z_range is not None and len(truth):
+        truth = truth[(truth["z_um"] >= float(z_range[0])) & (truth["z_um"] <= float(z_range[1]))]
     if len(truth) == 0:
         return {}
     pp = task.postprocess or {}
@@ -182,7 +187,7 @@ def tune_on_validation(task, model: torch.nn.Module, validation, device: str | t
     if (task.input_normalization or {}).get("mode") == "robust":
         # the brightness filter adapts to each frame (analysis.detect.adaptive_min_signal): a fixed
         # min_signal cannot suit both faint and bright particles, whose signals differ 20-fold
-        n_noise = max(64, 2 * len(validation))  # 256 images of 128 x 128 for 128 validation images
+        n_noise = max(16, 2 * len(validation))  # 256 images of 128 x 128 for 128 validation images
         seed = validation.seed or 0
         noise = measure_noise_model(task, model, best["threshold"], n_noise, device=dev, seed=seed)
         auto = detection_metrics(
