@@ -59,7 +59,7 @@ def test_trained_detection_bundle_stores_postprocessing_tuned_on_validation(tmp_
     assert "simulated validation set" in pp["tuned_on"] and "F1" in pp["tuned_on"]
     assert 0.0 < pp["threshold"] < 1.0 and "min_signal" in pp
     if pp["min_signal"] == "auto":
-        assert pp["noise_model"]["pixels"] == 64 * 128 * 128
+        assert pp["noise_model"]["pixels"] == 32 * 128 * 128  # twice the 16 validation images
     assert res.task.postprocess == pp
     assert task.postprocess["threshold"] == 0.5 and "tuned_on" not in task.postprocess  # caller's copy
 
