@@ -77,8 +77,39 @@ def scroll_form(outer: Container, form: Container, footer=None) -> None:
     if footer is not None:
         layout.addWidget(footer)
     outer.scroll_area = area
-    width = min(
-        form.native.minimumSizeHint().width() + area.verticalScrollBar().sizeHint().width() + 4, DOCK_WIDTH_PX
-    )
-    area.setMinimumWidth(width)  # the form is never clipped on the right
-    outer.native.setMinimumWidth(width)
+
+    def fit_width() -> None:
+        width = min(
+            form.native.minimumSizeHint().width() + area.verticalScrollBar().sizeHint().width() + 4,
+            DOCK_WIDTH_PX,
+        )
+        area.setMinimumWidth(width)  # the form is never clipped on the right
+        outer.native.setMinimumWidth(width)
+
+    fit_width()
+    # the style (fonts, margins) is applied when the dock is first shown: measure again then
+    area._fit_filter = _show_filter(fit_width)
+    area.installEventFilter(area._fit_filter)
+
+
+def _on_show_class():
+    from qtpy.QtCore import QEvent, QObject
+
+    class OnShow(QObject):
+        """Calls ``callback`` whenever the watched widget is shown."""
+
+        def __init__(self, callback):
+            super().__init__()
+            self._callback = callback
+
+        def eventFilter(self, obj, event):  # noqa: N802 - Qt API
+            if event.type() == QEvent.Type.Show:
+                self._callback()
+            return False
+
+    return OnShow
+
+
+def _show_filter(callback):
+    """An event filter calling ``callback`` on Show (its class is built lazily: no Qt at import)."""
+    return _on_show_class()(callback)
