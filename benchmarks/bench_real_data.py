@@ -173,9 +173,13 @@ def bbbc(work: Path, minutes: float, retrain: bool) -> None:
     pred = read_tiff(lab_path)[0].astype(np.int32)
     n_pred = np.array([len(np.unique(p[p > 0])) for p in pred], float)
     s = pooled_scores(pred, truth, thresholds=(0.5,))
-    emit({"case": "bbbc039", "method": "nuclei-segment (matched)", "tuned_on": "bbbc039_dev (--match only)",
+    conf = json.loads((seg / "config.json").read_text())
+    emit({"case": "bbbc039", "method": "nuclei-segment (matched)",
+          "tuned_on": "bbbc039_dev (--match; read-out thresholds of the preset, tuned on bbbc039_dev)",
           "report_on": "bbbc039_more (30 images)", "f1_iou05": s["f1"]["0.5"],
-          "panoptic_quality": s["panoptic_quality"], **count_err(n_pred)})  # fmt: skip
+          "panoptic_quality": s["panoptic_quality"], "tp": s["tp"], "fp": s["fp"], "fn": s["fn"],
+          "training_steps": conf.get("history", {}).get("steps"), "postprocess": conf.get("postprocess"),
+          **count_err(n_pred)})  # fmt: skip
     cnt = train("cells-count", work / "bbbc_cells_count", dev, minutes, retrain=retrain)
     cli("apply", str(cnt), str(more / "images"), "--out", str(work / "bbbc_count.csv"),
         "--counts-out", str(work / "bbbc_counts.csv"))  # fmt: skip
