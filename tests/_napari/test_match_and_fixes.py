@@ -247,3 +247,17 @@ def test_tile_size_follows_the_memory_estimate_unless_set(make_napari_viewer, qt
     w.run_btn.native.click()
     qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
     assert w.tile_label.value == "" and w.results["info"]["tile_size"] == 64
+
+
+# ---------------------------------------------------------------------------- the helper process
+def test_helper_process_runs_jobs_elsewhere_and_falls_back_here(monkeypatch):
+    import os
+
+    from napari_deeptrack._napari import _compute
+
+    assert _compute.in_helper_process(os.getpid) != os.getpid()  # ran in the helper process
+    assert _compute.in_helper_process(lambda: os.getpid()) == os.getpid()  # not picklable: here
+    with pytest.raises(ValueError, match="invalid literal"):  # the job's own error, unchanged
+        _compute.in_helper_process(int, "x")
+    monkeypatch.setenv(_compute.ENV_NO_PROCESS, "1")
+    assert _compute.in_helper_process(os.getpid) == os.getpid()

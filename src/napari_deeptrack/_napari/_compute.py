@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import os
+import pickle
 import sys
 import threading
 import types
@@ -112,6 +113,8 @@ def in_helper_process(fn, *args, **kwargs) -> Any:
     except BrokenProcessPool:  # the child died (killed, out of memory): once more, here
         with _LOCK:
             _POOL = None
+        return fn(*args, **kwargs)
+    except pickle.PicklingError:  # an argument or result that cannot cross: run it here
         return fn(*args, **kwargs)
     except (TypeError, AttributeError) as exc:
         if "pickle" in str(exc).lower():
