@@ -14,7 +14,8 @@ where the signal is 5 noise sigmas above the background). ``--network preset`` u
 reported by the ``network`` case either way.
 
 ``--case ddp`` (DDP: 2 gloo ranks of batch b against 1 rank of batch 2b, over seeds) and ``--case tile``
-(peak memory with the automatic tile size against a given one) run on their own with ``--frames 0``.
+(peak memory with the automatic tile size against a given one) and ``--case seg`` (segmentation of one
+``--tile-frame`` px frame: ``--seg-mode whole / banded / zarr``) run on their own with ``--frames 0``.
 
 Usage::
 
@@ -274,6 +275,64 @@ def case_tile(a) -> dict:
             "predict_cpu_s": time.process_time() - t0, "peak_growth_mb": _peak_rss_mb() - rss0}  # fmt: skip
 
 
+def case_seg(a) -> dict:
+    """Segmentation of one large frame (``--tile-frame`` px square, disks of radius 3-5.5): peak memory
+    of the watershed on the whole frame (``--seg-mode whole``), in row bands with the labels in memory
+    (``banded``) or streamed into Zarr by ``batch_apply`` (``zarr``). Stand-in network: a depth-0 U-Net,
+    ``sigmoid(8 x - 4)`` of the input, so the numbers are the post-processing's and the writer's."""
+    import torch
+
+    import napari_deeptrack.analysis.predict as pr
+    from napari_deeptrack.analysis.batch import batch_apply
+    from napari_deeptrack.io.bundle import load_bundle, save_bundle
+    from napari_deeptrack.nn import build_model
+    from napari_deeptrack.tasks import get_preset
+
+    work = Path(a.work)
+    task = get_preset("nuclei-segment")
+    task.input_normalization = {"mode": "none"}
+    task.postprocess = {"activation": "sigmoid", "threshold": 0.5}
+    task.model = {"type": "UNet", "in_channels": 1, "out_channels": 1, "depth": 0, "base_channels": 2,
+                  "norm": "none", "convs_per_block": 1}  # fmt: skip
+    model = build_model(task.model)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        for conv in convs:
+            conv.weight.zero_()
+            conv.bias.zero_()
+            conv.weight[0, 0, conv.weight.shape[-1] // 2, conv.weight.shape[-1] // 2] = 1.0
+        convs[-1].weight[0, 0, 0, 0] = 8.0
+        convs[-1].bias[0] = -4.0
+    path = save_bundle(work / f"seg_bundle_{os.getpid()}", model.eval(), task)
+    bundle = load_bundle(path)
+    side = a.tile_frame
+    rng = np.random.default_rng(0)
+    img = np.zeros((1, side, side), np.float32)
+    yy, xx = np.mgrid[-6:7, -6:7]
+    for _ in range(side * side // 2000):
+        y, x, r = rng.integers(8, side - 8), rng.integers(8, side - 8), rng.uniform(3, 5.5)
+        img[0, y - 6 : y + 7, x - 6 : x + 7] = np.maximum(
+            img[0, y - 6 : y + 7, x - 6 : x + 7], yy**2 + xx**2 <= r * r
+        )
+    # warm up (first-use allocations, the streamed path's imports) out of the measurement
+    pr.predict(bundle, img[:, :64, :64])
+    batch_apply(
+        bundle, img[:, :64, :64], work / f"w_{os.getpid()}.parquet", labels_out=work / f"w_{os.getpid()}.zarr"
+    )
+    rss0 = _peak_rss_mb()
+    t0 = time.process_time()
+    if a.seg_mode == "zarr":
+        out, labels = work / f"seg_{os.getpid()}.csv", work / f"seg_{os.getpid()}.zarr"
+        s = batch_apply(bundle, img, out, labels_out=labels, tile_size=512)
+        n = s.detections
+    else:
+        if a.seg_mode == "whole":
+            pr.BAND_PIXELS = 10**12  # the watershed on the whole frame at once
+        n = int(pr.predict(bundle, img, keep_maps=False).labels.max())
+    return {"mode": a.seg_mode, "frame": side, "instances": n, "predict_cpu_s": time.process_time() - t0,
+            "peak_growth_mb": _peak_rss_mb() - rss0}  # fmt: skip
+
+
 _DDP_RANK_SCRIPT = """
 import json, os, sys
 import torch
@@ -355,6 +414,7 @@ CASES = {
     "slide": case_slide,
     "ddp": case_ddp,
     "tile": case_tile,
+    "seg": case_seg,
 }
 
 
@@ -392,6 +452,7 @@ def main(argv=None) -> int:
     p.add_argument("--tile-frame", type=int, default=2048, help="tile case: side of the frame (px)")
     p.add_argument("--tile-budget-mb", type=int, default=1024, help="tile case: memory budget (MB)")
     p.add_argument("--tile", default="auto", help="tile case: 'auto' or a tile size (px)")
+    p.add_argument("--seg-mode", choices=("whole", "banded", "zarr"), default="banded", help="seg case")
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)
     p.add_argument("--stack", default=None, help=argparse.SUPPRESS)
     p.add_argument("--bundle", default=None, help=argparse.SUPPRESS)
