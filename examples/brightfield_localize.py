@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     rep = Reporter(CASE, args)
     task = get_preset("brightfield-localize")
-    epochs, steps, n_tune, n_test, n_sub = (20, 40, 100, 300, 2) if args.quick else (60, 100, 300, 1000, 3)
+    # quick: 14 x 40 steps (CI budget; 20 x 40 until the third session). Batches of 16 instead made the
+    # network's sigma 1.9x its actual error at 1000 photons/px (measured), too close to the test's 2x
+    epochs, steps, n_tune, n_test, n_sub = (14, 40, 100, 300, 2) if args.quick else (60, 100, 300, 1000, 3)
     epochs = args.epochs or epochs
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp) / "brightfield-localize.zip"
