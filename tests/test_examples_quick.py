@@ -38,7 +38,9 @@ EXAMPLE_RUNS = {
 }
 
 
-def _run(script: str, workdir: Path, extra: tuple[str, ...], timeout: float = 900) -> dict:
+def _run(script: str, workdir: Path, extra: tuple[str, ...]) -> dict:
+    # wall seconds per example; a loaded machine can set more (NAPARI_DEEPTRACK_EXAMPLE_TIMEOUT)
+    timeout = float(os.environ.get("NAPARI_DEEPTRACK_EXAMPLE_TIMEOUT", "900"))
     workdir.mkdir(parents=True, exist_ok=True)
     results = workdir / f"{script}.jsonl"
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
