@@ -164,6 +164,9 @@ class ApplyWidget(Container):
         self._raw_labels = None
         self._was_2d = True
         self.starters = StarterSource(self)
+        from ._compute import start as start_helper
+
+        start_helper()  # the helper process for the coverage check and linking, started at opening
         self.session = session_for(napari_viewer)
         self.session.model_changed.connect(self._session_model_changed)
         if self.session.model is not None:
@@ -730,8 +733,10 @@ def _apply_job(bundle, frames, pixel_size_um, predict_args: tuple, min_track_len
     the finished chunks) and, for segmentation, the instance table the live filters act on."""
     try:
         from ..analysis.calibrate import coverage_warnings
+        from ._compute import in_helper_process
 
-        warnings = coverage_warnings(bundle.task, frames[:4], pixel_size_um=pixel_size_um)
+        first = np.asarray(frames[:4], dtype=np.float32)  # simulation + spot fits: in the helper process
+        warnings = in_helper_process(coverage_warnings, bundle.task, first, pixel_size_um=pixel_size_um)
     except Exception as exc:  # noqa: BLE001 - a failed check must not block applying
         warnings = [f"could not compare with the training simulation: {exc}"]
     yield ("warnings", warnings)
@@ -834,9 +839,7 @@ def predict_chunks(
         chunk_frames=int(chunk),
         batch_size=int(chunk),
         threshold=threshold,
-        link=link,
-        search_range_px=search_range_px,
-        memory=memory,
+        link=False,  # linked below, in the helper process (trackpy's import and loops hold the GIL)
         tile_size=int(tile_size),
         keep_maps=keep_maps,
     )
@@ -845,7 +848,7 @@ def predict_chunks(
         try:
             part = next(gen)
         except StopIteration as done:
-            return _layer_data(done.value)
+            return _layer_data(_link_elsewhere(bundle.task, done.value, link, search_range_px, memory))
         if not keep_maps:
             part.maps = None
         parts.append(part)
@@ -860,7 +863,7 @@ def predict_chunks(
 def _partial_result(bundle, parts: list, n_asked: int, threshold, link, search_range_px, memory):
     """The chunks finished before Cancel as one :class:`PredictionResult` (frames ``0:done``), linked
     over those frames as a full run would (the core's ``link_detections``)."""
-    from ..analysis.predict import PredictionResult, link_detections
+    from ..analysis.predict import PredictionResult
 
     task = bundle.task
     done = int(parts[-1].stop) if parts else 0
@@ -872,15 +875,12 @@ def _partial_result(bundle, parts: list, n_asked: int, threshold, link, search_r
         "n_frames": done,
         "cancelled": [done, int(n_asked)],
     }
-    if link and len(det) and done > 1:
-        det, _, _, settings = link_detections(task, det, done, search_range_px, memory)
-        info.update(settings)
 
     def cat(name):
         chunks = [getattr(p, name) for p in parts if getattr(p, name) is not None]
         return np.concatenate(chunks) if chunks else None
 
-    return PredictionResult(
+    res = PredictionResult(
         kind=task.kind,
         detections=det,
         maps=cat("maps"),
@@ -888,6 +888,24 @@ def _partial_result(bundle, parts: list, n_asked: int, threshold, link, search_r
         counts=cat("counts"),
         info=info,
     )
+    return _link_elsewhere(task, res, link, search_range_px, memory)
+
+
+def _link_elsewhere(task, res, link: bool, search_range_px, memory):
+    """Link ``res``'s merged, thresholded detections as the core does (``link_detections``: same search
+    range, memory and per-track properties), in the helper process: trackpy's import (numba, ~4 s) and
+    its linking loops would hold the GIL and stall napari for up to 1 s from a worker thread."""
+    from ..analysis.predict import link_detections
+    from ._compute import in_helper_process
+
+    det, n = res.detections, int(res.info.get("n_frames", 0))
+    if link and len(det) and n > 1:
+        det, _, props, settings = in_helper_process(link_detections, task, det, n, search_range_px, memory)
+        res.detections, res.track_properties = det, props
+        res.info.update(settings)
+    elif link and len(det):
+        res.detections = det.assign(track_id=np.arange(len(det), dtype=np.int64))
+    return res
 
 
 def auto_tile_size(bundle, frame_shape: tuple[int, int], batch_size: int, budget: int | None = None):

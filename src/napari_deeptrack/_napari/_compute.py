@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["apply_estimates", "in_helper_process", "match_layer", "shutdown", "simulate_preview"]
+__all__ = ["apply_estimates", "in_helper_process", "match_layer", "shutdown", "simulate_preview", "start"]
 
 _POOL: ProcessPoolExecutor | None = None
 _LOCK = threading.Lock()
@@ -78,6 +78,15 @@ def _start_pool() -> ProcessPoolExecutor:
         if main is not None:
             sys.modules["__main__"] = main
     return pool
+
+
+def start() -> None:
+    """Start the helper process now (call when a widget opens).
+
+    Starting it forks this (large) process, which holds the GIL for a few hundred ms; at widget
+    opening that is part of opening the dock, in the middle of a Match or an Apply run it would be a
+    visible stall."""
+    _pool()
 
 
 def shutdown() -> None:

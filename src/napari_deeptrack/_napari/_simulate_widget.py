@@ -225,6 +225,9 @@ class SimulateWidget(Container):
             w.changed.connect(self._parameters_changed)
         self.compare.changed.connect(self._compare_changed)
         _warm_imports()  # once, when the widget opens: not in the middle of a click
+        from ._compute import start as start_helper
+
+        start_helper()  # the helper process for Match / preview (its start would stall a run)
         self.modality.changed.connect(self._particle_for_modality)
         for ev in ("inserted", "removed", "reordered"):
             getattr(napari_viewer.layers.events, ev).connect(self._refresh_layers)
