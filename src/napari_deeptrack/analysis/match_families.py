@@ -105,8 +105,6 @@ def _fit_rings(pipeline, real_prof: np.ndarray, radius_px: int, seed: int, appar
 #: focus). Chosen on ``bulk_water_dev`` frames 0-9: the in-focus count it gives there (454 per frame) is the
 #: count of trackpy's walkthrough settings (457); see docs/case_studies.md
 FAINT_FRACTION = 1.0 / 3.0
-#: sparse data: the matched simulation still draws about this many particles per training crop
-SPARSE_MIN_PER_CROP = 2.0
 #: at most this many particles are measured per frame
 MAX_PARTICLES_PER_FRAME = 20000
 #: effective numerical apertures tried when matching bright-field ring profiles
@@ -355,12 +353,7 @@ def _apply_brightfield(new, cal, k):
         # every measured particle, faint ones included: simulated as targets (faint out-of-focus spheres as
         # non-target distractors made a 100-step detector worse on bulk water, see docs/case_studies.md)
         n_all = cal.get("particles_per_frame", 0.0) + cal.get("faint_per_frame", 0.0)
-        per_crop = n_all * _area_ratio(new, cal)
-        if 0 < per_crop < SPARSE_MIN_PER_CROP:
-            # sparse data (trackpy's rings: 5 in 500x500 px, 0.08 per 64x64 crop): mostly empty training
-            # crops teach a detector little and leave its validation set a few dozen objects to tune on
-            per_crop = SPARSE_MIN_PER_CROP
-        changes["count"] = _count(per_crop)
+        changes["count"] = _count(n_all * _area_ratio(new, cal))
     r = cal.get("sphere_radius_um")
     scat = pop.scatterer
     if r and "radius_um" in _fields(scat):
