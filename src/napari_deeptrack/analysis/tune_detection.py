@@ -231,7 +231,7 @@ def measure_noise_model(
     dict
         ``signals`` (sorted, rounded to 0.01) and ``pixels`` (pixels examined).
     """
-    from ..train.data import normalize
+    from ..sim.noise import normalize_input as normalize
 
     pp = task.postprocess or {}
     pipe = task.pipeline.with_(image_shape=(int(image_px), int(image_px)), particles=[], targets={})
