@@ -20,10 +20,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _brief(v):
+    """``v`` with long number lists shortened to their length and range (for one-line display)."""
+    if isinstance(v, dict):
+        return {k: _brief(x) for k, x in v.items()}
+    if isinstance(v, list) and len(v) > 8 and all(isinstance(x, int | float) for x in v):
+        return f"<{len(v)} values, {min(v):.4g}..{max(v):.4g}>"
+    return v
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
-    return json.dumps(v, default=repr) if isinstance(v, dict | list) else str(v)
+    return json.dumps(_brief(v), default=repr) if isinstance(v, dict | list) else str(v)
 
 
 def overfitting_note(history: dict) -> str | None:
