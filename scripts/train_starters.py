@@ -18,6 +18,7 @@ the simulation it was trained on and its validation metrics. The total size must
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -93,7 +94,7 @@ def retune_starter(name: str, out_dir: Path, seed: int = 0) -> dict:
     path = out_dir / f"{name}.zip"
     b = load_bundle(path)
     if not tunable(b.task):
-        return {"starter": name, "retuned": False}
+        return _refresh_readout(name, path, b, seed)
     t = b.task
     val = make_validation_set(t.pipeline, t.target, int(STARTERS[name]["validation_size"]), seed,
                               t.input_normalization)  # fmt: skip
@@ -107,6 +108,28 @@ def retune_starter(name: str, out_dir: Path, seed: int = 0) -> dict:
     pp = task.postprocess
     return {"starter": name, "retuned": True, "threshold": pp["threshold"], "min_signal": pp["min_signal"],
             "tuned_on": pp.get("tuned_on"), "size_kb": round(path.stat().st_size / 1024, 1)}  # fmt: skip
+
+
+def _refresh_readout(name: str, path: Path, b, seed: int) -> dict:
+    """A starter that is not tuned (segmentation, counting) takes the preset's current read-out
+    settings (e.g. nuclei-segment's seeds and speck filters), keeping its network and its notes."""
+    from napari_deeptrack.io.bundle import save_bundle
+    from napari_deeptrack.tasks.registry import get_preset
+
+    current = get_preset(name).postprocess or {}
+    old = dict(b.task.postprocess or {})
+    new = {**old, **{k: v for k, v in current.items() if k not in ("threshold",)}}
+    if new == old:
+        return {"starter": name, "retuned": False}
+    task = dataclasses.replace(b.task, postprocess=new)
+    notes = b.config.get("notes", "") + " Read-out settings refreshed from the preset by " \
+        "scripts/train_starters.py --retune."  # fmt: skip
+    save_bundle(
+        path, b.model, task, b.config.get("history"), seed=seed, training=b.config.get("training"),
+        metrics=b.config.get("metrics"), notes=notes,
+    )  # fmt: skip
+    changed = sorted(k for k in new if old.get(k) != new[k])
+    return {"starter": name, "retuned": True, "readout_from_preset": changed}
 
 
 def main(argv: list[str] | None = None) -> int:
