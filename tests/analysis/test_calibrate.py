@@ -8,8 +8,8 @@ from napari_deeptrack.analysis.calibrate import (
     compare_statistics,
     coverage_warnings,
     estimate_statistics,
-    match_pipeline,
 )
+from napari_deeptrack.analysis.match import match_pipeline
 
 
 def spots_image(
@@ -116,6 +116,7 @@ def test_compare_statistics_distance_orders_similarity():
 
 def _fluorescence_pipeline():
     import napari_deeptrack.sim as sim
+
     if not hasattr(sim, "Fluorescence"):
         pytest.fail("napari_deeptrack.sim.Fluorescence is missing")
     return sim.Pipeline(

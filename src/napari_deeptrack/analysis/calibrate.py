@@ -13,7 +13,8 @@ alone:
 - ``photons_per_count``: background / noise^2, the conversion that makes the background noise pure
   shot noise (exact for a photon-counting camera without offset; a reasonable scale otherwise).
 
-:func:`match_pipeline` writes those numbers into a simulation :class:`~napari_deeptrack.sim.Pipeline`
+:func:`~napari_deeptrack.analysis.match.match_pipeline` writes those numbers into a simulation
+:class:`~napari_deeptrack.sim.Pipeline`
 (optics pixel size and numerical aperture, background, camera gain, particle count and brightness), and
 :func:`compare_statistics` tells how far simulated images are from the real one (intensity histogram,
 noise, spot width), the number the Simulate widget shows. :func:`coverage_warnings` checks whether a
@@ -35,7 +36,6 @@ __all__ = [
     "compare_statistics",
     "coverage_warnings",
     "estimate_statistics",
-    "match_pipeline",
 ]
 
 #: Gaussian approximation of the in-focus widefield PSF: sigma = 0.21 * wavelength / NA.
@@ -325,50 +325,6 @@ def _replace(obj, **changes):
 
 def _optics_pixel_size(optics) -> float | None:
     return optics.sample_pixel_um  # the Optics contract: sample-plane pixel (um) or None
-
-
-def match_pipeline(
-    pipeline,
-    image: Any,
-    pixel_size_um: float | None = None,
-    *,
-    stats: ImageStatistics | None = None,
-    match_shape: bool = False,
-    overrides: dict[str, Any] | None = None,
-):
-    """A copy of ``pipeline`` set to the values measured on ``image``, as its preset family dictates.
-
-    Shorthand for :func:`napari_deeptrack.analysis.match.calibrate` followed by
-    :func:`~napari_deeptrack.analysis.match.apply_calibration` (see there for what each family measures
-    and sets). For point emitters: the optics pixel size and the NA that gives the measured spot width
-    (sigma = 0.21 wavelength / NA, clamped to [0.2, 0.98 n]), the background in photons, the camera gain
-    (a ``Camera`` is inserted after ``Poisson`` when grey values are clearly not photons), read noise,
-    particle count around the measured spots per frame and photons around the measured spot integral,
-    and dark (absorbing) spots when the real particles are darker than the background.
-
-    Parameters
-    ----------
-    pipeline : Pipeline
-        The simulation to calibrate (not modified).
-    image : array [H, W] or [T, H, W]
-        Real data.
-    pixel_size_um : float, optional
-        Sample-plane pixel size of the real image (from its metadata or the user).
-    stats : ImageStatistics, optional
-        Precomputed statistics (else measured here).
-    match_shape : bool
-        Also set ``image_shape`` to the image's.
-    overrides : dict, optional
-        Estimates set by the user (``{"background": 120}``).
-
-    Returns
-    -------
-    Pipeline
-    """
-    from .match import apply_calibration, calibrate
-
-    cal = calibrate(pipeline, image, pixel_size_um, stats=stats, overrides=overrides)
-    return apply_calibration(pipeline, cal, match_shape=match_shape)
 
 
 # ---------------------------------------------------------------------------- coverage

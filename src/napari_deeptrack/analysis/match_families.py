@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from .calibrate import SIGMA_PER_LAMBDA_OVER_NA, _fields, _optics_pixel_size, _replace
-from .match import (
+from .estimates import (
     Estimate,
     _area_ratio,
     _count,

@@ -64,7 +64,7 @@ def _power_spectrum(norm: np.ndarray) -> np.ndarray:
 
 def describe_images(images: Any, max_frames: int = 8, profile_radius_px: int | None = None) -> dict:
     """The measurements :func:`sim_real_distance` compares (see the module docstring)."""
-    from .match import find_particles, radial_profiles
+    from .estimates import find_particles, radial_profiles
 
     frames = _as_frames(images, max_frames).astype(np.float64)
     st = estimate_statistics(frames)
@@ -140,7 +140,7 @@ def real_tiles(images: Any, shape: tuple[int, int], n: int = 8) -> tuple[np.ndar
     sparse : bool
         True when the tiles were centred on particles (their density says nothing about the data's).
     """
-    from .match import find_particles
+    from .estimates import find_particles
     from .match_families import local_contrast
 
     frames = _as_frames(images, 64).astype(np.float64)
