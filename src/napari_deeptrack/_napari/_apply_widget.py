@@ -167,6 +167,7 @@ class ApplyWidget(Container):
         from ._compute import start as start_helper
 
         start_helper()  # the helper process for the coverage check and linking, started at opening
+        _warm_up_imports()
         self.session = session_for(napari_viewer)
         self.session.model_changed.connect(self._session_model_changed)
         if self.session.model is not None:
@@ -725,6 +726,30 @@ def _default_min_area(task) -> int:
     except (AttributeError, TypeError, ValueError):
         pass
     return 10
+
+
+#: Modules a run imports in its worker thread. Importing a module runs its C initialisation with the
+#: GIL held (scipy.ndimage alone ~0.3 s), which froze the event loop at the start of the first run;
+#: they are imported in a thread while the dock opens instead.
+_WORKER_MODULES = (
+    "napari_deeptrack.analysis.calibrate",
+    "napari_deeptrack.analysis.predict",
+    "napari_deeptrack.analysis.segment",
+    "napari_deeptrack.analysis.tracking",
+)
+
+
+def _warm_up_imports() -> None:
+    import importlib
+
+    def run():
+        for name in _WORKER_MODULES:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - a failing import shows itself, with its message, at Run
+                pass
+
+    threading.Thread(target=run, name="deeptrack-warm-up", daemon=True).start()
 
 
 def _apply_job(bundle, frames, pixel_size_um, predict_args: tuple, min_track_length: int = 1, stop=None):
