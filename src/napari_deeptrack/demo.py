@@ -220,8 +220,11 @@ def _diffusion(tracks: pd.DataFrame, s: DemoSettings, pixel_size_um: float) -> d
     n = tracks.groupby("track_id")["frame"].transform("size")
     long = tracks[n >= s.min_track_length]
     if long["track_id"].nunique() == 0:
-        return {"ensemble": {"diffusion_um2_s": float("nan"), "offset_um2": float("nan"), "n_tracks": 0},
-                "msd": None, "per_track": None}
+        return {
+            "ensemble": {"diffusion_um2_s": float("nan"), "offset_um2": float("nan"), "n_tracks": 0},
+            "msd": None,
+            "per_track": None,
+        }
     return diffusion_coefficients(long, pixel_size_um, s.frame_interval_s, fit_lags=s.fit_lags)
 
 
@@ -293,8 +296,10 @@ def run_demo(
         if i > 0:
             timing[f"{STAGES[i - 1]}_s"] = now - stage_t[0]
         stage_t[0] = now
-        _emit(progress, {"type": "stage", "stage": STAGES[i], "index": i, "n_stages": len(STAGES),
-                         "message": message})
+        _emit(
+            progress,
+            {"type": "stage", "stage": STAGES[i], "index": i, "n_stages": len(STAGES), "message": message},
+        )
 
     # 1. simulate ------------------------------------------------------------------------
     h, w = s.image_shape
@@ -311,13 +316,17 @@ def run_demo(
     present = truth[truth["present"]].reset_index(drop=True)
 
     # 2. train ---------------------------------------------------------------------------
-    stage(1, f"training the {PRESET} detector ({s.epochs} epochs x {s.steps_per_epoch} batches of "
-             f"{s.batch_size}) on {dev}")
+    stage(
+        1,
+        f"training the {PRESET} detector ({s.epochs} epochs x {s.steps_per_epoch} batches of "
+        f"{s.batch_size}) on {dev}",
+    )
     task = task.edited(
         {
             "training.validation_size": int(s.validation_size),
             "postprocess.method": s.detection_method,
             "postprocess.threshold": float(s.threshold),
+            "postprocess.tune": False,  # the demo's threshold is a setting, not re-tuned after training
         }
     )
     batch_losses: list[float] = []
@@ -328,8 +337,15 @@ def run_demo(
         _emit(progress, ev)
 
     result = train_task(
-        task, out / "model", epochs=s.epochs, steps_per_epoch=s.steps_per_epoch, batch_size=s.batch_size,
-        seed=seed, device=str(dev), num_workers=0, callbacks=[on_train_event],
+        task,
+        out / "model",
+        epochs=s.epochs,
+        steps_per_epoch=s.steps_per_epoch,
+        batch_size=s.batch_size,
+        seed=seed,
+        device=str(dev),
+        num_workers=0,
+        callbacks=[on_train_event],
     )
     if result.bundle_path is None or "best_epoch" not in result.history:
         raise RuntimeError("training stopped before the first validation; no model was saved")
@@ -341,8 +357,11 @@ def run_demo(
     detections = detect_movie(bundle, images, device=str(dev))
 
     # 4. link ----------------------------------------------------------------------------
-    stage(3, f"linking {len(detections)} detections (search range {s.search_range_px:g} px, "
-             f"memory {s.memory} frames)")
+    stage(
+        3,
+        f"linking {len(detections)} detections (search range {s.search_range_px:g} px, "
+        f"memory {s.memory} frames)",
+    )
     tracks = link_tracks(detections, s.search_range_px, memory=s.memory)
 
     # 5. evaluate ------------------------------------------------------------------------
@@ -387,8 +406,23 @@ def run_demo(
     }
     detection = {
         k: det[k]
-        for k in ("f1", "precision", "recall", "rmse_xy", "rmse_y", "rmse_x", "mean_dy", "mean_dx",
-                  "tp", "fp", "fn", "n_pred", "n_truth", "n_frames", "tolerance_px")
+        for k in (
+            "f1",
+            "precision",
+            "recall",
+            "rmse_xy",
+            "rmse_y",
+            "rmse_x",
+            "mean_dy",
+            "mean_dx",
+            "tp",
+            "fp",
+            "fn",
+            "n_pred",
+            "n_truth",
+            "n_frames",
+            "tolerance_px",
+        )
     }
     detection["rmse_xy_nm"] = det["rmse_xy"] * px * 1000.0
     detection["threshold"] = float(s.threshold)
@@ -414,15 +448,28 @@ def run_demo(
     frame0 = 0
     figures = {
         "detections on frame 1": plot_overlay(
-            images[frame0], present[present["frame"] == frame0], tracks[tracks["frame"] == frame0],
-            out / "overlay.png", tolerance_px=s.tolerance_px, pixel_size_um=px,
+            images[frame0],
+            present[present["frame"] == frame0],
+            tracks[tracks["frame"] == frame0],
+            out / "overlay.png",
+            tolerance_px=s.tolerance_px,
+            pixel_size_um=px,
             title=f"frame 1: truth vs detections (F1 over all frames = {det['f1']:.3f})",
         ),
-        "tracks": plot_tracks(images.mean(0), tracks, out / "tracks.png", pixel_size_um=px,
-                              title=f"{trk['n_tracks']} linked tracks over the mean image"),
+        "tracks": plot_tracks(
+            images.mean(0),
+            tracks,
+            out / "tracks.png",
+            pixel_size_um=px,
+            title=f"{trk['n_tracks']} linked tracks over the mean image",
+        ),
         "mean squared displacement": plot_msd(
-            diff["msd"], out / "msd.png", d_meas, float(diff["ensemble"]["offset_um2"]),
-            true_diffusion_um2_s=s.diffusion_um2_s, reference_msd=diff_truth["msd"],
+            diff["msd"],
+            out / "msd.png",
+            d_meas,
+            float(diff["ensemble"]["offset_um2"]),
+            true_diffusion_um2_s=s.diffusion_um2_s,
+            reference_msd=diff_truth["msd"],
         ),
     }
     now = time.perf_counter()
@@ -437,8 +484,13 @@ def run_demo(
         "training": training,
         "timing": timing,
     }
-    config = {"seed": seed, "device": str(dev), "preset": PRESET, "settings": asdict(s),
-              "movie": to_dict(movie)}
+    config = {
+        "seed": seed,
+        "device": str(dev),
+        "preset": PRESET,
+        "settings": asdict(s),
+        "movie": to_dict(movie),
+    }
     summary = (
         f"Simulated {s.n_frames} frames ({h}x{w} px, {px} um/px) of {s.n_particles} fluorescent point "
         f"particles diffusing with D = {s.diffusion_um2_s} um^2/s; trained the `{PRESET}` U-Net "
@@ -451,8 +503,15 @@ def run_demo(
         f"(same estimator on the true tracks: {d_ref:.4f})."
     )
     written = write_report(
-        out, metrics, history=result.history, config=config, figures=figures, files=dict(paths),
-        title="napari-deeptrack demo: detect and track particles", summary=summary, batch_losses=batch_losses,
+        out,
+        metrics,
+        history=result.history,
+        config=config,
+        figures=figures,
+        files=dict(paths),
+        title="napari-deeptrack demo: detect and track particles",
+        summary=summary,
+        batch_losses=batch_losses,
     )
     paths.update({k.replace(" ", "_"): v for k, v in written.items()})
     elapsed = time.perf_counter() - t_start

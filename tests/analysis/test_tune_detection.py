@@ -88,3 +88,14 @@ def test_detect_from_map_auto_min_signal_is_per_frame():
     assert (det.frame == 1).sum() == 4  # faint frame: nothing can be told apart, nothing is cut
     with pytest.raises(ValueError, match="noise_model"):
         detect_from_map(maps, 0.5, image=image, min_signal="auto")
+
+
+def test_a_threshold_the_user_set_is_kept_not_retuned(tmp_path, one_torch_thread):
+    from napari_deeptrack.cli import main
+
+    out = tmp_path / "m.zip"
+    assert main(["train", "particles-2d", "--out", str(out), "--epochs", "1", "--steps-per-epoch", "2",
+                 "--batch-size", "4", "--device", "cpu", "--quiet", "--set", "training.validation_size=8",
+                 "--set", "postprocess.threshold=0.83"]) == 0  # fmt: skip
+    pp = load_bundle(out).task.postprocess
+    assert pp["threshold"] == 0.83 and pp["tune"] is False and "tuned_on" not in pp

@@ -35,10 +35,15 @@ SIGNAL_QUANTILES = np.linspace(0.0, 0.5, 26)
 
 
 def tunable(task) -> bool:
-    """Whether ``task`` is a detection task whose output is a probability map this module can tune."""
+    """Whether ``task`` is a detection task whose output is a probability map this module can tune.
+
+    ``postprocess.tune: false`` keeps the task's own threshold and ``min_signal`` (set when the user
+    chose them: ``train --set postprocess.threshold=0.6``, the demo's settings).
+    """
     pp = task.postprocess or {}
     return (
-        task.kind == "detection"
+        pp.get("tune", True) is not False
+        and task.kind == "detection"
         and pp.get("method", "components") in ("components", "maxima")
         and (pp.get("activation") == "sigmoid")
     )

@@ -9,7 +9,11 @@ by a dotted key; VALUE is JSON when it parses as JSON, else a string. Examples::
     --set pipeline.particles.0.count=5             # particles per image (first population)
     --set 'pipeline.particles.0.intensity={"type": "Uniform", "low": 100, "high": 400}'
     --set loss.pos_weight=[[0,10.0],[0.1,1.0]]     # BCE positive weight schedule
-    --set postprocess.threshold=0.6
+    --set postprocess.threshold=0.6                # kept as set (not re-tuned after training)
+    --set postprocess.tune=false                   # keep the preset's threshold
+
+A detection bundle's threshold and brightness cut are otherwise chosen after training on the simulated
+validation set (:mod:`napari_deeptrack.analysis.tune_detection`).
 
 The bundle at ``--out`` is rewritten (atomically) whenever the validation loss improves; Ctrl-C
 stops after the current batch and keeps the best checkpoint (press twice to abort).
@@ -146,7 +150,10 @@ def _match(task, image_path: str, pixel_size_um: float | None, channel=None, ove
     else:
         source = "unknown"
     cal = calibrate(
-        task.pipeline, image, pixel_size_um, overrides=parse_assignments(overrides or []),
+        task.pipeline,
+        image,
+        pixel_size_um,
+        overrides=parse_assignments(overrides or []),
         pixel_source=source,
     )
     print(cal.table(), file=sys.stderr)
@@ -184,7 +191,10 @@ def run(args) -> int:
         return run_cli(args)
     task = load_task(args.task)
     if args.assignments:
-        task = task.edited(parse_assignments(args.assignments))
+        edits = parse_assignments(args.assignments)
+        if any(k in ("postprocess.threshold", "postprocess.min_signal") for k in edits):
+            edits.setdefault("postprocess.tune", False)  # the user's read-out is kept, not re-tuned
+        task = task.edited(edits)
     if args.match:
         task = _match(task, args.match, args.pixel_size_um, args.match_channel, args.match_overrides)
     stop = StopFlag()
