@@ -1,10 +1,10 @@
 """The case-study examples' ``--quick`` modes, end to end, each against a floor (issue 7).
 
-Each example is a separate process with one torch thread. They are started together by the
-session fixture below, two at a time (the CI machine has 2 cores; ``NAPARI_DEEPTRACK_EXAMPLE_WORKERS``
-sets another number), longest first, and each test waits for its own example: the whole set takes
-about half its serial time (~12 CPU minutes since the third session's shorter quick modes, ~16
-before). Only the examples whose tests are selected are run.
+Each example is a separate process with one torch thread. They are started as soon as the tests are
+collected (``tests/conftest.py``), so they run beside the rest of the suite, two at a time (the CI
+machine has 2 cores; ``NAPARI_DEEPTRACK_EXAMPLE_WORKERS`` sets another number), longest first, and
+each test waits for its own example (~12 CPU minutes in all since the third session's shorter quick
+modes, ~16 before). Only the examples whose tests are selected are run.
 """
 
 from __future__ import annotations
@@ -57,19 +57,32 @@ def example_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("examples")
 
 
+_POOL: ThreadPoolExecutor | None = None
+_FUTURES: dict[str, Future] = {}
+
+
+def start_selected(selected: set[str], base: Path) -> None:
+    """Start the examples whose tests are in ``selected`` (test names), ``_run`` each in ``base/<script>``.
+
+    ``tests/conftest.py`` calls this as soon as the tests are collected, so the examples' processes run
+    beside the rest of the suite instead of after it; the fixture below starts them itself otherwise.
+    """
+    global _POOL
+    if _POOL is not None:
+        return
+    _POOL = ThreadPoolExecutor(max_workers=int(os.environ.get("NAPARI_DEEPTRACK_EXAMPLE_WORKERS", "2")))
+    for script, (test, extra) in EXAMPLE_RUNS.items():
+        if test in selected:
+            _FUTURES[script] = _POOL.submit(_run, script, base / script, extra)
+
+
 @pytest.fixture(scope="session")
 def example_runs(request, example_dir):
     """``example_runs(script)`` -> the example's JSON-lines records (asserts that it succeeded)."""
-    selected = {item.originalname for item in request.session.items}
-    pool = ThreadPoolExecutor(max_workers=int(os.environ.get("NAPARI_DEEPTRACK_EXAMPLE_WORKERS", "2")))
-    futures: dict[str, Future] = {
-        script: pool.submit(_run, script, example_dir / script, extra)
-        for script, (test, extra) in EXAMPLE_RUNS.items()
-        if test in selected
-    }
+    start_selected({item.originalname for item in request.session.items}, example_dir)
 
     def get(script: str) -> list[dict]:
-        run = futures[script].result()
+        run = _FUTURES[script].result()
         assert run["returncode"] == 0, run["stderr"][-3000:]
         lines = [json.loads(s) for s in run["results"].read_text().splitlines()]
         printed = [json.loads(s) for s in run["stdout"].splitlines() if s.startswith("{")]
@@ -77,7 +90,8 @@ def example_runs(request, example_dir):
         return lines
 
     yield get
-    pool.shutdown(wait=True, cancel_futures=True)
+    if _POOL is not None:
+        _POOL.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.mark.slow
