@@ -54,10 +54,12 @@ def _run(script: str, workdir: Path, extra: tuple[str, ...]) -> dict:
 
 @pytest.fixture(scope="session")
 def example_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("examples")
+    """Where the examples run (and write their outputs): the folder they were started in."""
+    return _BASE if _BASE is not None else tmp_path_factory.mktemp("examples")
 
 
 _POOL: ThreadPoolExecutor | None = None
+_BASE: Path | None = None
 _FUTURES: dict[str, Future] = {}
 
 
@@ -67,9 +69,10 @@ def start_selected(selected: set[str], base: Path) -> None:
     ``tests/conftest.py`` calls this as soon as the tests are collected, so the examples' processes run
     beside the rest of the suite instead of after it; the fixture below starts them itself otherwise.
     """
-    global _POOL
+    global _POOL, _BASE
     if _POOL is not None:
         return
+    _BASE = base
     _POOL = ThreadPoolExecutor(max_workers=int(os.environ.get("NAPARI_DEEPTRACK_EXAMPLE_WORKERS", "2")))
     for script, (test, extra) in EXAMPLE_RUNS.items():
         if test in selected:
