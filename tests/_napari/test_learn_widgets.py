@@ -5,7 +5,6 @@ import time
 
 import numpy as np
 import pandas as pd
-import pytest
 
 SOURCE_SESSION = "model trained / fine-tuned in this viewer"
 SMALL_LODESTAR = (
@@ -33,21 +32,6 @@ def movie(n=4, shape=(64, 64), amp=300.0, seed=0):
             rows.append((f, cy, cx))
         frames.append(rng.poisson(img))
     return np.asarray(frames, np.float32), pd.DataFrame(rows, columns=["frame", "y", "x"])
-
-
-@pytest.fixture
-def messages():
-    from napari.utils.notifications import notification_manager
-
-    got = []
-
-    def on(event):
-        n = event.value if hasattr(event, "value") else event
-        got.append((str(n.message), str(n.severity)))
-
-    notification_manager.notification_ready.connect(on)
-    yield got
-    notification_manager.notification_ready.disconnect(on)
 
 
 def errors(msgs):

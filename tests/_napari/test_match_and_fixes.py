@@ -27,21 +27,6 @@ def shown(widget) -> bool:
     return not widget.native.isHidden()
 
 
-@pytest.fixture
-def messages():
-    from napari.utils.notifications import notification_manager
-
-    got = []
-
-    def on(event):
-        n = event.value if hasattr(event, "value") else event
-        got.append((str(n.message), str(n.severity)))
-
-    notification_manager.notification_ready.connect(on)
-    yield got
-    notification_manager.notification_ready.disconnect(on)
-
-
 def spot_frames(n_frames=1, shape=(64, 48), n=8, sign=1.0, background=20.0, peak=3000.0, seed=0):
     """Poisson frames of isolated Gaussian spots (sign -1: dark particles on a bright background)."""
     rng = np.random.default_rng(seed)

@@ -88,22 +88,6 @@ def detector_bundle():
     return Bundle(model=BlobDetector().eval(), task=task, config={"history": {}}, path=None)
 
 
-@pytest.fixture
-def messages():
-    """Collect napari notifications (message, severity)."""
-    from napari.utils.notifications import notification_manager
-
-    got = []
-
-    def on(event):
-        n = event.value if hasattr(event, "value") else event
-        got.append((str(n.message), str(n.severity)))
-
-    notification_manager.notification_ready.connect(on)
-    yield got
-    notification_manager.notification_ready.disconnect(on)
-
-
 def errors(msgs):
     return [m for m, s in msgs if "error" in s.lower()]
 

@@ -21,21 +21,6 @@ def open_widget(viewer, name):
     return viewer.window.add_plugin_dock_widget(PLUGIN, name)
 
 
-@pytest.fixture
-def messages():
-    from napari.utils.notifications import notification_manager
-
-    got = []
-
-    def on(event):
-        n = event.value if hasattr(event, "value") else event
-        got.append((str(n.message), str(n.severity)))
-
-    notification_manager.notification_ready.connect(on)
-    yield got
-    notification_manager.notification_ready.disconnect(on)
-
-
 def errors(msgs):
     return [m for m, s in msgs if "error" in s.lower()]
 

@@ -19,21 +19,6 @@ def open_widget(viewer, name):
     return widget
 
 
-@pytest.fixture
-def messages():
-    from napari.utils.notifications import notification_manager
-
-    got = []
-
-    def on(event):
-        n = event.value if hasattr(event, "value") else event
-        got.append((str(n.message), str(n.severity)))
-
-    notification_manager.notification_ready.connect(on)
-    yield got
-    notification_manager.notification_ready.disconnect(on)
-
-
 def test_export_bioimageio_button_writes_a_package_that_loads(make_napari_viewer, qtbot, tmp_path, messages):
     from qtpy.QtCore import QTimer
 
